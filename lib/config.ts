@@ -1,0 +1,187 @@
+// The edge where environment variables and command-line flags become one typed Config.
+// Each variable is parsed on its own so that one bad value is reported by name and the rest
+// still apply: a job without a usable cache configuration still builds (unless strict).
+import path from 'node:path'
+import { z } from 'zod'
+
+/** Where store paths are pushed. */
+export type Backend =
+  /** The attic client (`attic push`), configured by ATTIC_SERVER / ATTIC_CACHE / ATTIC_TOKEN. */
+  | 'attic'
+  /** Any Nix store URL through `nix copy --to` (file://, http(s)://, s3://, ssh-ng://). */
+  | 'nix'
+  /** No cache configured: build only. */
+  | 'none'
+
+export interface Config {
+  backend: Backend
+  /** Candidate attic server URLs, tried in order; the first that answers is used. */
+  atticServers: string[]
+  atticCache: string
+  /** A token value (from ATTIC_TOKEN). Never logged, never put on a command line. */
+  atticToken?: string
+  atticTokenFile?: string
+  /** A Nix store URL for the `nix` backend. */
+  cacheUrl?: string
+  /** A secret signing key value (from GREEDY_SIGNING_KEY). Never logged or put on a command line. */
+  signingKey?: string
+  signingKeyFile?: string
+  trustedPublicKeys: string[]
+  /** The installable that provides the attic client (`bin/attic`). */
+  client: string
+  stateDir: string
+  /** Seconds a drain may take before the job moves on. */
+  drainTimeout: number
+  include?: RegExp
+  exclude?: RegExp
+  /**
+   * Strict mode: cache problems fail the command. Off by default, because a cache outage must not
+   * turn a green build red; on for pipelines whose point is to populate the cache.
+   */
+  strict: boolean
+}
+
+/** Configuration variables, with the flag that overrides each. Secrets have no flag: argv is visible in `ps`. */
+export const VARIABLES = {
+  ATTIC_SERVER: { flag: 'attic-server', doc: 'attic server URL, or several candidates separated by spaces or commas; the first reachable one is used' },
+  ATTIC_CACHE: { flag: 'attic-cache', doc: 'attic cache name (default: main)' },
+  ATTIC_TOKEN: { flag: undefined, doc: 'attic token (secret: environment only)' },
+  ATTIC_TOKEN_FILE: { flag: 'attic-token-file', doc: 'file holding the attic token' },
+  GREEDY_CACHE_URL: { flag: 'cache-url', doc: 'a Nix store URL to push to with nix copy (file://, http(s)://, s3://, ssh://, ssh-ng://), instead of attic' },
+  GREEDY_SIGNING_KEY: { flag: undefined, doc: 'secret key that signs paths pushed to GREEDY_CACHE_URL (secret: environment only)' },
+  GREEDY_SIGNING_KEY_FILE: { flag: 'signing-key-file', doc: 'file holding that secret key' },
+  GREEDY_TRUSTED_PUBLIC_KEYS: { flag: 'trusted-public-keys', doc: 'public keys of GREEDY_CACHE_URL for substitution (default: derived from the signing key)' },
+  GREEDY_CLIENT: { flag: 'client', doc: 'installable that provides bin/attic (default: .#attic-client)' },
+  GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
+  GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
+  GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
+  GREEDY_EXCLUDE: { flag: 'exclude', doc: 'never push store paths matching this regular expression' },
+  GREEDY_STRICT: { flag: 'strict', doc: '1: cache problems fail the job (default: 0, they only warn)' },
+} as const
+
+export type Variable = keyof typeof VARIABLES
+
+const trimmed = z.string().trim()
+const httpUrl = trimmed.refine((s) => /^https?:$/.test(safeUrl(s)?.protocol ?? ''), {
+  error: 'expected an http:// or https:// URL',
+})
+const STORE_SCHEMES = ['file:', 'http:', 'https:', 's3:', 'ssh:', 'ssh-ng:']
+const storeUrl = trimmed.refine((s) => STORE_SCHEMES.includes(safeUrl(s)?.protocol ?? ''), {
+  error: `expected a Nix store URL with scheme ${STORE_SCHEMES.map((s) => s.replace(':', '://')).join(', ')}`,
+})
+const publicKey = trimmed.regex(/^[^:\s]+:[A-Za-z0-9+/]{43}=$/, { error: 'expected name:base64 public keys' })
+const regex = trimmed.transform((s, ctx) => {
+  try {
+    return new RegExp(s)
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `expected a regular expression (${(err as Error).message})` })
+    return z.NEVER
+  }
+})
+const list = (s: string) => s.split(/[\s,]+/).filter(Boolean)
+
+/** One schema per variable; each takes the raw string (already known to be non-empty). */
+const PARSERS = {
+  ATTIC_SERVER: trimmed.transform(list).pipe(z.array(httpUrl).min(1)),
+  ATTIC_CACHE: trimmed.regex(/^[A-Za-z0-9._-]+$/, { error: 'expected a cache name of letters, digits, ".", "_" or "-"' }),
+  ATTIC_TOKEN: z.string(),
+  ATTIC_TOKEN_FILE: trimmed,
+  GREEDY_CACHE_URL: storeUrl,
+  GREEDY_SIGNING_KEY: trimmed.regex(/^[^:\s]+:\S+$/, { error: 'expected a secret key of the form name:base64' }),
+  GREEDY_SIGNING_KEY_FILE: trimmed,
+  GREEDY_TRUSTED_PUBLIC_KEYS: trimmed.transform(list).pipe(z.array(publicKey)),
+  GREEDY_CLIENT: trimmed.min(1),
+  GREEDY_STATE_DIR: trimmed.min(1),
+  GREEDY_DRAIN_TIMEOUT: trimmed
+    .regex(/^\d+(\.\d+)?$/, { error: 'expected a number of seconds (0 or more)' })
+    .transform(Number),
+  GREEDY_INCLUDE: regex,
+  GREEDY_EXCLUDE: regex,
+  GREEDY_STRICT: trimmed
+    .regex(/^(0|1|true|false|yes|no|on|off)$/i, { error: 'expected 1 or 0 (true/false, yes/no)' })
+    .transform((s) => /^(1|true|yes|on)$/i.test(s)),
+} satisfies Record<Variable, z.ZodType>
+
+// Secrets are never echoed back in error messages.
+const SECRET: ReadonlySet<Variable> = new Set(['ATTIC_TOKEN', 'GREEDY_SIGNING_KEY'])
+
+export interface ConfigResult {
+  config: Config
+  /** One line per bad variable, naming it and what was expected. When non-empty, backend is 'none'. */
+  errors: string[]
+}
+
+/** Flags as parsed by minimist: `--cache-url X` arrives as { 'cache-url': 'X' }. */
+export type Flags = Record<string, unknown>
+
+export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = process.cwd()): ConfigResult {
+  const errors: string[] = []
+  const values: { [K in Variable]?: z.output<(typeof PARSERS)[K]> } = {}
+  for (const name of Object.keys(VARIABLES) as Variable[]) {
+    const flag = VARIABLES[name].flag
+    const fromFlag = flag === undefined ? undefined : flags[flag]
+    const rawValue = fromFlag !== undefined ? flagString(fromFlag) : env[name]
+    if (rawValue === undefined || rawValue.trim() === '') continue
+    const parsed = PARSERS[name].safeParse(rawValue)
+    if (parsed.success) {
+      ;(values as Record<string, unknown>)[name] = parsed.data
+    } else {
+      const shown = SECRET.has(name) ? '' : ` ${JSON.stringify(rawValue)}`
+      const source = fromFlag !== undefined ? `--${flag}` : name
+      errors.push(`${source}:${shown} ${parsed.error.issues[0]?.message ?? 'invalid'}`)
+    }
+  }
+  if (values.ATTIC_TOKEN !== undefined && values.ATTIC_TOKEN_FILE !== undefined) {
+    errors.push('ATTIC_TOKEN and ATTIC_TOKEN_FILE are both set: set only one')
+  }
+  if (values.GREEDY_SIGNING_KEY !== undefined && values.GREEDY_SIGNING_KEY_FILE !== undefined) {
+    errors.push('GREEDY_SIGNING_KEY and GREEDY_SIGNING_KEY_FILE are both set: set only one')
+  }
+  if (values.ATTIC_SERVER !== undefined && values.GREEDY_CACHE_URL !== undefined) {
+    errors.push('ATTIC_SERVER and GREEDY_CACHE_URL are both set: choose one cache')
+  }
+  const backend: Backend =
+    errors.length > 0 ? 'none' : values.ATTIC_SERVER ? 'attic' : values.GREEDY_CACHE_URL ? 'nix' : 'none'
+  const projectDir = env.CI_PROJECT_DIR?.trim() || cwd
+  const config: Config = {
+    backend,
+    atticServers: values.ATTIC_SERVER ?? [],
+    atticCache: values.ATTIC_CACHE ?? 'main',
+    atticToken: values.ATTIC_TOKEN,
+    atticTokenFile: values.ATTIC_TOKEN_FILE && path.resolve(cwd, values.ATTIC_TOKEN_FILE),
+    cacheUrl: values.GREEDY_CACHE_URL,
+    signingKey: values.GREEDY_SIGNING_KEY,
+    signingKeyFile: values.GREEDY_SIGNING_KEY_FILE && path.resolve(cwd, values.GREEDY_SIGNING_KEY_FILE),
+    trustedPublicKeys: values.GREEDY_TRUSTED_PUBLIC_KEYS ?? [],
+    client: values.GREEDY_CLIENT ?? '.#attic-client',
+    stateDir: path.resolve(cwd, values.GREEDY_STATE_DIR ?? path.join(projectDir, '.greedy-nix')),
+    drainTimeout: values.GREEDY_DRAIN_TIMEOUT ?? 120,
+    include: values.GREEDY_INCLUDE,
+    exclude: values.GREEDY_EXCLUDE,
+    strict: values.GREEDY_STRICT ?? false,
+  }
+  return { config, errors }
+}
+
+function flagString(v: unknown): string {
+  if (typeof v === 'boolean') return v ? '1' : '0'
+  if (Array.isArray(v)) return flagString(v[v.length - 1])
+  return String(v)
+}
+
+function safeUrl(s: string): URL | undefined {
+  try {
+    return new URL(s)
+  } catch {
+    return undefined
+  }
+}
+
+/** The flags every command accepts, for --help texts. */
+export function configHelp(): string {
+  const rows = Object.entries(VARIABLES).map(([name, v]) => {
+    const left = v.flag ? `${name} (--${v.flag})` : name
+    return `  ${left.padEnd(44)} ${v.doc}`
+  })
+  return `Configuration (environment; the flag overrides it):\n${rows.join('\n')}\n  GREEDY_DEBUG=1${' '.repeat(31)}debug output`
+}

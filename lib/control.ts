@@ -1,0 +1,98 @@
+// Controlling the watcher from the job's other processes: start it detached, ask it to drain,
+// stop it. Every wait is bounded; a watcher that is gone (docker executor) is a normal case.
+import { spawn } from 'node:child_process'
+import { randomUUID } from 'node:crypto'
+import fs from 'node:fs'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { WatcherStatus } from './daemon.js'
+import { liveWatcherPid, readJson, type StatePaths } from './state.js'
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Spawn `node <argv…>` as the watcher: own process group, stdin from /dev/null, output to the
+ * log file. A child that keeps the job's stdout open would make the stage hang (gitlab-runner#2880).
+ */
+export async function startWatcher(paths: StatePaths, argv: readonly string[], env: NodeJS.ProcessEnv = process.env): Promise<{ pid: number; already: boolean } | { error: string }> {
+  const running = await liveWatcherPid(paths)
+  if (running !== undefined) return { pid: running, already: true }
+  const out = fs.openSync(paths.log, 'a')
+  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', out, out], env })
+  fs.closeSync(out)
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
+  child.unref()
+  // Ready when it has written its pid file (after its store snapshot, so nothing built from now on is missed).
+  const deadline = Date.now() + 15_000
+  while (Date.now() < deadline) {
+    const pid = await liveWatcherPid(paths)
+    if (pid !== undefined && pid === child.pid) return { pid, already: false }
+    if (child.exitCode !== null) break
+    await Promise.race([sleep(50), exited])
+  }
+  return { error: `the watcher did not start (see ${paths.log})` }
+}
+
+export type DrainResult =
+  | { state: 'not-running' }
+  | { state: 'drained'; status: WatcherStatus }
+  | { state: 'timeout'; status?: WatcherStatus }
+  | { state: 'died'; status?: WatcherStatus }
+
+/** Ask the watcher to push everything seen so far; wait at most timeoutS seconds. */
+export async function drainWatcher(paths: StatePaths, timeoutS: number, onProgress?: (s: WatcherStatus) => void): Promise<DrainResult> {
+  const pid = await liveWatcherPid(paths)
+  if (pid === undefined) return { state: 'not-running' }
+  const token = randomUUID()
+  fs.writeFileSync(paths.drainRequest, token)
+  try {
+    process.kill(pid, 'SIGUSR1')
+  } catch {
+    return { state: 'died', status: await readJson<WatcherStatus>(paths.status) }
+  }
+  const deadline = Date.now() + timeoutS * 1000
+  let nextProgress = Date.now() + 10_000
+  for (;;) {
+    const status = await readJson<WatcherStatus>(paths.status)
+    if (status?.drained === token) return { state: 'drained', status }
+    if (!alive(pid)) return { state: 'died', status }
+    if (Date.now() >= deadline) return { state: 'timeout', status }
+    if (status && onProgress && Date.now() >= nextProgress) {
+      onProgress(status)
+      nextProgress = Date.now() + 10_000
+    }
+    await sleep(100)
+  }
+}
+
+/** Drain, then end the watcher (SIGTERM, then SIGKILL of its group after a grace period). */
+export async function stopWatcher(paths: StatePaths, timeoutS: number, onProgress?: (s: WatcherStatus) => void): Promise<DrainResult> {
+  const drained = await drainWatcher(paths, timeoutS, onProgress)
+  const pid = await liveWatcherPid(paths)
+  if (pid !== undefined) {
+    try {
+      process.kill(pid, 'SIGTERM')
+    } catch {
+      // it ended on its own meanwhile
+    }
+    const deadline = Date.now() + 5_000
+    while (alive(pid) && Date.now() < deadline) await sleep(50)
+    if (alive(pid)) {
+      try {
+        process.kill(-pid, 'SIGKILL')
+      } catch {
+        // already gone
+      }
+    }
+  }
+  if (drained.state === 'not-running') return drained
+  // Its last word: the counts it wrote on the way out.
+  const status = (await readJson<WatcherStatus>(paths.status)) ?? drained.status
+  return drained.state === 'drained' ? { state: 'drained', status: status ?? drained.status } : { state: drained.state, status }
+}

@@ -1,0 +1,126 @@
+// The watcher process: a StoreWatcher wired to the session's push sink, answering drain requests
+// (SIGUSR1 + a token in <state>/drain-request) and SIGTERM, and keeping its counts in a file so
+// that even after a kill -9 the last counts survive for `push` to report.
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { atticEnv } from './attic.js'
+import { AtticSink, NixCopySink, type PushSink, type SinkOptions } from './pusher.js'
+import { formatPidFile, processStartTime, writeJsonAtomic, type StatePaths } from './state.js'
+import { findAtticClient, StoreWatcher, type WatcherCounts } from './watcher.js'
+import { saveSession, type Session } from './session.js'
+import { storeDir } from './nix.js'
+
+export interface WatcherStatus {
+  pid: number
+  updatedAt: string
+  counts: WatcherCounts
+  failures: Array<{ path: string; error: string }>
+  /** Paths recorded while no attic client existed yet. */
+  waitingForClient: string[]
+  /** The token of the last drain request completed. */
+  drained?: string
+  client?: string
+}
+
+/** Longest one push run may take inside the watcher. */
+const RUN_TIMEOUT_MS = 10 * 60_000
+
+export function makeSink(session: Session, opts: SinkOptions): PushSink | undefined {
+  if (session.backend === 'nix' && session.nix) return new NixCopySink(session.nix.url, opts)
+  if (session.backend === 'attic' && session.attic && session.client) {
+    return new AtticSink(session.client, session.attic.cache, atticEnv(session.attic.configHome), opts)
+  }
+  return undefined
+}
+
+export async function runWatcher(paths: StatePaths, session: Session, log: (msg: string) => void, debug: (msg: string) => void): Promise<void> {
+  let lastDrain: string | undefined
+  let writing: Promise<void> = Promise.resolve()
+  let dirty = false
+  const sinkOpts: SinkOptions = {
+    onSettled: (s) => {
+      if (s.status === 'pushed') log(`pushed ${s.path}`)
+      else if (s.status === 'failed') log(`push failed: ${s.path}: ${s.error}`)
+      watcher.settle(s)
+    },
+    onWarn: log,
+    runTimeoutMs: RUN_TIMEOUT_MS,
+  }
+  const watcher: StoreWatcher = new StoreWatcher({
+    storeDir: storeDir(),
+    sink: makeSink(session, sinkOpts),
+    findSink:
+      session.backend === 'attic'
+        ? async (newPaths) => {
+            const client = await findAtticClient(newPaths)
+            if (!client) return undefined
+            log(`attic client appeared in the store: ${client}`)
+            session.client = client
+            await fs.rm(paths.clientLink, { force: true })
+            await fs.symlink(path.dirname(path.dirname(client)), paths.clientLink)
+            await saveSession(paths, session)
+            return makeSink(session, sinkOpts)
+          }
+        : undefined,
+    skipKeyNames: session.skipKeyNames,
+    include: session.include === undefined ? undefined : new RegExp(session.include),
+    exclude: session.exclude === undefined ? undefined : new RegExp(session.exclude),
+    onChange: () => scheduleStatus(),
+    debug,
+    info: log,
+  })
+
+  const status = (): WatcherStatus => ({
+    pid: process.pid,
+    updatedAt: new Date().toISOString(),
+    counts: { ...watcher.counts },
+    failures: [...watcher.failures].map(([p, error]) => ({ path: p, error })),
+    waitingForClient: [...watcher.waiting],
+    drained: lastDrain,
+    client: session.client,
+  })
+  const writeStatus = (): Promise<void> => {
+    dirty = false
+    writing = writing.then(() => writeJsonAtomic(paths.status, status()).catch((err) => log(`cannot write status: ${err}`)))
+    return writing
+  }
+  // At most a few writes a second, whatever the push rate.
+  let statusTimer: NodeJS.Timeout | undefined
+  function scheduleStatus(): void {
+    dirty = true
+    statusTimer ??= setTimeout(() => {
+      statusTimer = undefined
+      if (dirty) void writeStatus()
+    }, 200)
+  }
+
+  await watcher.start()
+  await writeStatus()
+  await fs.writeFile(paths.pid, formatPidFile(process.pid, processStartTime(process.pid)))
+  log(`watching ${storeDir()} (backend ${session.backend}${watcher.hasSink ? '' : ', waiting for an attic client'})`)
+
+  // Drain requests are served one after another; a request arriving mid-drain gets its own pass.
+  let draining: Promise<void> = Promise.resolve()
+  process.on('SIGUSR1', () => {
+    draining = draining.then(async () => {
+      const token = (await fs.readFile(paths.drainRequest, 'utf8').catch(() => '')).trim()
+      const started = Date.now()
+      await watcher.drain()
+      lastDrain = token
+      await writeStatus()
+      log(`drained in ${Date.now() - started} ms: ${JSON.stringify(watcher.counts)}`)
+    })
+  })
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string) => {
+      log(`${sig}: stopping`)
+      resolve()
+    }
+    process.once('SIGTERM', () => stop('SIGTERM'))
+    process.once('SIGINT', () => stop('SIGINT'))
+  })
+  clearTimeout(statusTimer)
+  watcher.close()
+  await writeStatus()
+  await fs.rm(paths.pid, { force: true })
+}

@@ -1,0 +1,45 @@
+// greedy-nix as a library: the typed pieces the four scripts are made of, for composing your own.
+export { parseConfig, VARIABLES, type Backend, type Config, type ConfigResult, type Variable } from './config.js'
+export {
+  build,
+  closureOf,
+  copyTo,
+  invalidPaths,
+  nixVersion,
+  parseNixVersion,
+  parsePathInfoJson,
+  pathInfoJsonArgs,
+  publicKeyOf,
+  queryPathInfo,
+  storeDir,
+  substituteOnly,
+  userNixConf,
+  writeNixConfBlock,
+  type BuildOptions,
+  type BuildResult,
+  type CopyResult,
+  type NixVersion,
+  type PathInfo,
+} from './nix.js'
+export { BuildLog, drvName, parseNixLogLine, type BuildCounts, type NixLogEvent } from './nixlog.js'
+export {
+  AtticPushSession,
+  atticConfigHome,
+  atticEnv,
+  fetchCacheConfig,
+  parsePushLine,
+  pushPaths,
+  writeClientConfig,
+  type CacheConfig,
+  type PushLine,
+  type PushOutcome,
+} from './attic.js'
+export { AtticSink, NixCopySink, type PushSink, type Settled, type SinkOptions } from './pusher.js'
+export { StoreWatcher, findAtticClient, isPushCandidateName, needsPush, type WatcherCounts, type WatcherOptions } from './watcher.js'
+export { runWatcher, makeSink, type WatcherStatus } from './daemon.js'
+export { drainWatcher, startWatcher, stopWatcher, type DrainResult } from './control.js'
+export { configureSubstituter, loadSession, prepareSession, saveSession, type Prepared, type Session } from './session.js'
+export { finalPush, type FinalPush } from './final.js'
+export { liveWatcherPid, statePaths, type StatePaths } from './state.js'
+export { hitRate, openMetrics, summaryLine, type BuildSummary, type PushCounts, type Summary } from './summary.js'
+export { run, type RunOptions, type RunResult } from './exec.js'

@@ -1,0 +1,210 @@
+// Typed wrappers around the nix CLI, using only interfaces that exist from Nix 2.8 to current
+// Nix, Lix and Determinate Nix; where output shapes differ (path-info JSON), both are parsed.
+import { spawn } from 'node:child_process'
+import { createInterface } from 'node:readline'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { run, type RunResult } from './exec.js'
+import { BuildLog, parseNixLogLine, type BuildCounts } from './nixlog.js'
+
+export const storeDir = (env: NodeJS.ProcessEnv = process.env): string => env.NIX_STORE_DIR ?? '/nix/store'
+
+export interface NixVersion {
+  impl: 'nix' | 'lix'
+  major: number
+  minor: number
+  raw: string
+}
+
+/** Parse `nix --version`: "nix (Nix) 2.8.0", "nix (Lix, like Nix) 2.91.1", "nix (Determinate Nix 3.6.2) 2.29.0". */
+export function parseNixVersion(text: string): NixVersion | undefined {
+  const m = /(\d+)\.(\d+)(?:\.\d+)?\s*$/.exec(text.trim())
+  if (!m) return undefined
+  return { impl: /Lix/.test(text) ? 'lix' : 'nix', major: Number(m[1]), minor: Number(m[2]), raw: text.trim() }
+}
+
+let versionPromise: Promise<NixVersion | undefined> | undefined
+/** Detected once per process. */
+export function nixVersion(): Promise<NixVersion | undefined> {
+  versionPromise ??= run('nix', ['--version'], { timeoutMs: 10_000 }).then((r) =>
+    r.code === 0 ? parseNixVersion(r.stdout) : undefined,
+  )
+  return versionPromise
+}
+
+/** Nix ≥ 2.33 deprecates bare `--json` for path-info; format 1 is the long-standing one. */
+export function pathInfoJsonArgs(v: NixVersion | undefined): string[] {
+  const needsFormat = v !== undefined && v.impl === 'nix' && (v.major > 2 || (v.major === 2 && v.minor >= 33))
+  return needsFormat ? ['--json', '--json-format', '1'] : ['--json']
+}
+
+export interface PathInfo {
+  path: string
+  valid: boolean
+  /** Built on this machine (not substituted): never already in a cache we substitute from. */
+  ultimate: boolean
+  /** Signatures as "keyName:base64". */
+  signatures: string[]
+  references: string[]
+  narSize?: number
+}
+
+/**
+ * `nix path-info --json` in every shape it has had: an array of objects with `path` (≤ 2.18, Lix),
+ * an object keyed by store path with `null` for invalid ones (2.19+), keys without the store
+ * directory, and signatures as strings or as `{keyName, sig}` objects (format 3).
+ */
+export function parsePathInfoJson(text: string, dir = '/nix/store'): PathInfo[] {
+  const data: unknown = JSON.parse(text)
+  const entries: Array<[string, unknown]> = Array.isArray(data)
+    ? data.map((o) => [String((o as { path?: unknown }).path ?? ''), o])
+    : Object.entries((data as Record<string, unknown>) ?? {})
+  return entries.map(([key, raw]) => {
+    const p = key.startsWith('/') ? key : `${dir}/${key}`
+    if (raw === null || typeof raw !== 'object') return { path: p, valid: false, ultimate: false, signatures: [], references: [] }
+    const o = raw as Record<string, unknown>
+    const sigs = Array.isArray(o.signatures) ? o.signatures : []
+    return {
+      path: p,
+      valid: o.valid !== false,
+      ultimate: o.ultimate === true,
+      signatures: sigs.map((s) =>
+        typeof s === 'string' ? s : `${(s as { keyName?: string }).keyName}:${(s as { sig?: string }).sig}`,
+      ),
+      references: Array.isArray(o.references)
+        ? o.references.map((r) => (String(r).startsWith('/') ? String(r) : `${dir}/${r}`))
+        : [],
+      narSize: typeof o.narSize === 'number' ? o.narSize : undefined,
+    }
+  })
+}
+
+/** Path info for valid paths (callers check validity first: older Nix fails on an invalid one). */
+export async function queryPathInfo(paths: readonly string[], timeoutMs = 60_000): Promise<PathInfo[]> {
+  if (paths.length === 0) return []
+  const r = await run('nix', ['path-info', ...pathInfoJsonArgs(await nixVersion()), '--', ...paths], { timeoutMs })
+  if (r.code !== 0) throw new Error(`nix path-info failed: ${r.stderr.trim().split('\n').pop()}`)
+  return parsePathInfoJson(r.stdout, storeDir())
+}
+
+/** The subset of `paths` that are not valid store paths (yet). `nix-store --check-validity` is the same on every version. */
+export async function invalidPaths(paths: readonly string[], timeoutMs = 60_000): Promise<Set<string>> {
+  if (paths.length === 0) return new Set()
+  const r = await run('nix-store', ['--check-validity', '--print-invalid', ...paths], { timeoutMs })
+  if (r.code !== 0) throw new Error(`nix-store --check-validity failed: ${r.stderr.trim().split('\n').pop()}`)
+  return new Set(r.stdout.split('\n').filter(Boolean))
+}
+
+export interface CopyResult extends RunResult {
+  /** Paths Nix reported copying (paths already in the target are not listed). */
+  copied: string[]
+}
+
+/** `nix copy --to URL paths…`, bounded: against a failing HTTP cache Nix itself retries for minutes. */
+export async function copyTo(url: string, paths: readonly string[], opts: { timeoutMs: number; env?: NodeJS.ProcessEnv }): Promise<CopyResult> {
+  const copied: string[] = []
+  const r = await run('nix', ['copy', '--to', url, ...paths], {
+    timeoutMs: opts.timeoutMs,
+    env: opts.env,
+    onStderrLine: (line) => {
+      const m = /^copying path '([^']+)' to /.exec(line.trim())
+      if (m) copied.push(m[1]!)
+    },
+  })
+  return { ...r, copied }
+}
+
+/** The closure of `paths` (`nix-store -qR`, stable on every version). */
+export async function closureOf(paths: readonly string[], timeoutMs = 60_000): Promise<string[]> {
+  if (paths.length === 0) return []
+  const r = await run('nix-store', ['--query', '--requisites', ...paths], { timeoutMs })
+  if (r.code !== 0) throw new Error(`nix-store --query --requisites failed: ${r.stderr.trim().split('\n').pop()}`)
+  return r.stdout.split('\n').filter(Boolean)
+}
+
+/** Build `installable` from substituters only (`--max-jobs 0`): fails at once when it is not cached. */
+export async function substituteOnly(installable: string, outLink: string, timeoutMs = 300_000): Promise<RunResult> {
+  return run('nix', ['build', installable, '--max-jobs', '0', '--out-link', outLink], { timeoutMs })
+}
+
+/** The public half of a secret signing key, read through stdin so the secret never reaches argv. */
+export async function publicKeyOf(secretKey: string): Promise<string | undefined> {
+  const r = await run('nix', ['key', 'convert-secret-to-public'], { input: secretKey.trim(), timeoutMs: 10_000 })
+  return r.code === 0 ? r.stdout.trim() || undefined : undefined
+}
+
+export interface BuildOptions {
+  /** Installables and any extra nix arguments, as given. */
+  args: readonly string[]
+  /** Called with each human-readable log line. */
+  onLine: (line: string) => void
+  env?: NodeJS.ProcessEnv
+  /** Abort: the build is sent SIGTERM, then SIGKILL after a grace period. */
+  signal?: AbortSignal
+}
+
+export interface BuildResult extends BuildCounts {
+  exitCode: number
+}
+
+/** `nix build` with the machine log: prints a readable log and counts built and substituted paths exactly. */
+export function build(opts: BuildOptions): Promise<BuildResult> {
+  return new Promise((resolve) => {
+    const log = new BuildLog()
+    const child = spawn('nix', ['build', '--log-format', 'internal-json', ...opts.args], {
+      stdio: ['ignore', 'inherit', 'pipe'],
+      env: opts.env ?? process.env,
+    })
+    const onAbort = () => {
+      child.kill('SIGTERM')
+      setTimeout(() => child.kill('SIGKILL'), 10_000).unref()
+    }
+    opts.signal?.addEventListener('abort', onAbort, { once: true })
+    const lines = createInterface({ input: child.stderr! })
+    lines.on('line', (line) => {
+      const ev = parseNixLogLine(line)
+      if (!ev) return opts.onLine(line)
+      for (const out of log.feed(ev)) opts.onLine(out)
+    })
+    const finish = (exitCode: number) => {
+      opts.signal?.removeEventListener('abort', onAbort)
+      resolve({ exitCode, ...log.counts() })
+    }
+    child.on('error', (err) => {
+      opts.onLine(`nix could not be started: ${err.message}`)
+      finish(127)
+    })
+    child.on('close', (code, sig) => {
+      lines.close()
+      finish(code ?? 128 + (sig ? os.constants.signals[sig] : 0))
+    })
+  })
+}
+
+/** The user-level nix.conf that every later `nix` command of the job reads. */
+export function userNixConf(env: NodeJS.ProcessEnv = process.env): string {
+  const files = env.NIX_USER_CONF_FILES?.split(':').filter(Boolean)
+  if (files?.[0]) return files[0]
+  const config = env.XDG_CONFIG_HOME || path.join(env.HOME || os.homedir(), '.config')
+  return path.join(config, 'nix', 'nix.conf')
+}
+
+const BEGIN = '# greedy-nix begin'
+const END = '# greedy-nix end'
+
+/** Put our settings in a marked block of a nix.conf, replacing the block a previous run wrote. */
+export async function writeNixConfBlock(file: string, lines: readonly string[]): Promise<void> {
+  let text = ''
+  try {
+    text = await fs.readFile(file, 'utf8')
+  } catch {
+    // no file yet
+  }
+  const start = text.indexOf(BEGIN)
+  const end = text.indexOf(END)
+  if (start !== -1 && end > start) text = text.slice(0, start) + text.slice(end + END.length).replace(/^\n/, '')
+  if (text && !text.endsWith('\n')) text += '\n'
+  await fs.mkdir(path.dirname(file), { recursive: true })
+  await fs.writeFile(file, `${text}${BEGIN}\n${lines.join('\n')}\n${END}\n`)
+}

@@ -1,0 +1,165 @@
+// Push sinks: where the watcher hands valid store paths. Each sink reports every path it was
+// given exactly once as pushed, already cached, or failed, so a drain knows when it is done.
+import { AtticPushSession, pushPaths, type PushLine } from './attic.js'
+import { describeFailure } from './exec.js'
+import { copyTo } from './nix.js'
+
+export type Settled =
+  | { path: string; status: 'pushed' }
+  /** The cache already had it (or an upstream cache does): nothing to upload. */
+  | { path: string; status: 'cached' }
+  | { path: string; status: 'failed'; error: string }
+
+export interface PushSink {
+  add(paths: readonly string[]): void
+  /** Resolves when every path added so far is settled. */
+  flush(): Promise<void>
+  /** Stop at once; unsettled paths stay unsettled. */
+  kill(): void
+}
+
+/** Bounds for one push run; generous, because a big NAR upload may legitimately take minutes. */
+export interface SinkOptions {
+  onSettled: (s: Settled) => void
+  onWarn: (msg: string) => void
+  /** Longest one `nix copy` / `attic push` run may take. */
+  runTimeoutMs: number
+}
+
+/** How long paths may wait before a `nix copy` batch starts, and the most per batch. */
+const BATCH_DELAY_MS = 300
+const BATCH_MAX = 64
+
+/** `nix copy --to URL`, in batches: one process per batch, not per path. */
+export class NixCopySink implements PushSink {
+  private pending: string[] = []
+  private timer: NodeJS.Timeout | undefined
+  private chain: Promise<void> = Promise.resolve()
+
+  constructor(
+    private readonly url: string,
+    private readonly opts: SinkOptions,
+    private readonly env?: NodeJS.ProcessEnv,
+  ) {}
+
+  add(paths: readonly string[]): void {
+    this.pending.push(...paths)
+    if (this.pending.length >= BATCH_MAX) this.startBatch()
+    else this.timer ??= setTimeout(() => this.startBatch(), BATCH_DELAY_MS)
+  }
+
+  async flush(): Promise<void> {
+    this.startBatch()
+    await this.chain
+  }
+
+  kill(): void {
+    clearTimeout(this.timer)
+    this.pending = []
+  }
+
+  private startBatch(): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
+    while (this.pending.length > 0) {
+      const batch = this.pending.splice(0, BATCH_MAX)
+      // One copy at a time, in the order paths became valid: dependencies before dependants.
+      this.chain = this.chain.then(() => this.copy(batch))
+    }
+  }
+
+  private async copy(batch: string[]): Promise<void> {
+    const r = await copyTo(this.url, batch, { timeoutMs: this.opts.runTimeoutMs, env: this.env })
+    if (r.code === 0) {
+      const copied = new Set(r.copied)
+      for (const p of batch) this.opts.onSettled({ path: p, status: copied.has(p) ? 'pushed' : 'cached' })
+      return
+    }
+    if (batch.length > 1 && !r.timedOut) {
+      // One bad path must not fail its neighbours: retry them one by one.
+      for (const p of batch) await this.copy([p])
+      return
+    }
+    const error = describeFailure(r, 'nix copy', this.opts.runTimeoutMs)
+    for (const p of batch) this.opts.onSettled({ path: p, status: 'failed', error })
+  }
+}
+
+/**
+ * attic: one long-lived `attic push --stdin` session uploads paths as they arrive. A flush ends
+ * the session (attic finishes uploads only at EOF); the next path starts a new one. Paths the
+ * session could not settle are retried once with a plain `attic push` batch.
+ */
+export class AtticSink implements PushSink {
+  private session: AtticPushSession | undefined
+  private inSession = new Set<string>()
+  private chain: Promise<void> = Promise.resolve()
+
+  constructor(
+    private readonly client: string,
+    private readonly cache: string,
+    private readonly env: NodeJS.ProcessEnv,
+    private readonly opts: SinkOptions,
+  ) {}
+
+  add(paths: readonly string[]): void {
+    if (paths.length === 0) return
+    this.session ??= this.openSession()
+    for (const p of paths) this.inSession.add(p)
+    if (!this.session.add(paths)) {
+      // The session died: settle what it held through the batch path, and start afresh next time.
+      this.chain = this.chain.then(() => this.endSession())
+    }
+  }
+
+  async flush(): Promise<void> {
+    this.chain = this.chain.then(() => this.endSession())
+    await this.chain
+  }
+
+  kill(): void {
+    this.session?.kill()
+  }
+
+  private openSession(): AtticPushSession {
+    return new AtticPushSession(this.client, this.cache, this.env, (line) => this.onLine(line))
+  }
+
+  private onLine(line: PushLine): void {
+    if (line.ok) {
+      this.inSession.delete(line.path)
+      this.opts.onSettled({ path: line.path, status: 'pushed' })
+    } else {
+      // Keep it: it is retried once in a batch when the session ends.
+      this.opts.onWarn(`attic push: ${line.path}: ${line.error}`)
+    }
+  }
+
+  private async endSession(): Promise<void> {
+    const session = this.session
+    if (!session) return
+    this.session = undefined
+    const r = await session.finish(this.opts.runTimeoutMs)
+    const rest = [...this.inSession]
+    this.inSession = new Set()
+    if (rest.length === 0) return
+    if (r.exitCode === 0) {
+      // attic prints nothing for paths the server already has or that an upstream cache signed.
+      for (const p of rest) this.opts.onSettled({ path: p, status: 'cached' })
+      return
+    }
+    const why = r.timedOut ? `timed out after ${this.opts.runTimeoutMs / 1000}s` : `exit ${r.exitCode}`
+    this.opts.onWarn(`attic push --stdin ended (${why}); retrying ${rest.length} path(s) in one batch`)
+    const retry = await pushPaths(this.client, this.cache, rest, { env: this.env, timeoutMs: this.opts.runTimeoutMs })
+    const done = new Set(retry.pushed)
+    const errors = new Map(retry.failed.map((f) => [f.path, f.error]))
+    for (const p of rest) {
+      if (done.has(p)) this.opts.onSettled({ path: p, status: 'pushed' })
+      else if (retry.exitCode === 0) this.opts.onSettled({ path: p, status: 'cached' })
+      else {
+        const error = errors.get(p) ?? (retry.timedOut ? 'attic push timed out' : `attic push exit ${retry.exitCode}`)
+        this.opts.onSettled({ path: p, status: 'failed', error })
+      }
+    }
+  }
+}

@@ -1,0 +1,60 @@
+// The job's result in three forms: one log line, summary.json, and OpenMetrics for
+// GitLab's `artifacts:reports:metrics`.
+import type { Backend } from './config.js'
+
+export interface PushCounts {
+  pushed: number
+  failed: number
+}
+
+export interface BuildSummary {
+  /** The last `build` run's exit code (null when `build` never ran in this job). */
+  exitCode: number | null
+  built: number
+  substituted: number
+  runs: number
+}
+
+export interface Summary {
+  backend: Backend
+  incremental: PushCounts & { cached: number; skipped: number }
+  final: PushCounts
+  build: BuildSummary
+  /** Paths that failed to push, first few only, for the log. */
+  failures: Array<{ path: string; error: string }>
+  /** Whether the watcher was still alive for after_script (it is not under the docker executor). */
+  watcherAlive: boolean
+}
+
+/** Substituted / (built + substituted): how much of the work the cache saved. */
+export function hitRate(b: BuildSummary): number | undefined {
+  const total = b.built + b.substituted
+  return total === 0 ? undefined : b.substituted / total
+}
+
+export function summaryLine(s: Summary): string {
+  const rate = hitRate(s.build)
+  const failed = s.incremental.failed + s.final.failed
+  return [
+    `pushed ${s.incremental.pushed} store paths incrementally`,
+    `${s.final.pushed} in the final push`,
+    `${failed} failed`,
+    `cache hit rate ${rate === undefined ? 'n/a' : `${Math.round(rate * 100)}%`} (${s.build.substituted} substituted, ${s.build.built} built)`,
+  ].join(', ')
+}
+
+export function openMetrics(s: Summary): string {
+  const lines: string[] = []
+  const metric = (name: string, help: string, value: number, labels = '') => {
+    lines.push(`# TYPE ${name} gauge`, `# HELP ${name} ${help}`, `${name}${labels} ${value}`)
+  }
+  metric('greedy_nix_pushed_incremental', 'Store paths pushed by the watcher while the build ran.', s.incremental.pushed)
+  metric('greedy_nix_pushed_final', 'Store paths pushed by the final push.', s.final.pushed)
+  metric('greedy_nix_push_failed', 'Store paths that failed to push.', s.incremental.failed + s.final.failed)
+  metric('greedy_nix_built', 'Derivations built in this job.', s.build.built)
+  metric('greedy_nix_substituted', 'Store paths substituted from a cache.', s.build.substituted)
+  const rate = hitRate(s.build)
+  if (rate !== undefined) metric('greedy_nix_cache_hit_ratio', 'Substituted / (built + substituted).', Number(rate.toFixed(4)))
+  lines.push('# EOF')
+  return lines.join('\n') + '\n'
+}

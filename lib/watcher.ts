@@ -1,0 +1,214 @@
+// The store watcher: sees every store path the moment Nix finishes it (its `.lock` file is
+// removed), checks it is valid, filters it, and hands it to a push sink. Unlike
+// `attic watch-store` it can be drained: `drain()` resolves when everything seen so far is settled.
+import fs from 'node:fs'
+import { access, readdir } from 'node:fs/promises'
+import path from 'node:path'
+import type { PushSink, Settled } from './pusher.js'
+import { invalidPaths, queryPathInfo, type PathInfo } from './nix.js'
+
+export interface WatcherCounts {
+  /** Valid new paths seen. */
+  seen: number
+  pushed: number
+  /** Already in the cache (or an upstream one): nothing to upload. */
+  cached: number
+  failed: number
+  /** Filtered out: signed by the target or an upstream cache, or excluded by GREEDY_INCLUDE/EXCLUDE. */
+  skipped: number
+  /** Handed to the sink, not settled yet (or waiting for a client). */
+  pending: number
+}
+
+export interface WatcherOptions {
+  storeDir: string
+  /** The sink to push to; undefined while no client exists (late bootstrap). */
+  sink?: PushSink
+  /**
+   * Called for new valid paths while there is no sink; returning a sink ends the wait and
+   * flushes the backlog into it. The attic backend uses it to spot the client being built.
+   */
+  findSink?: (newPaths: readonly string[]) => Promise<PushSink | undefined>
+  /** Signature key names whose paths never need pushing (the target cache, upstream caches). */
+  skipKeyNames: readonly string[]
+  include?: RegExp
+  exclude?: RegExp
+  onChange?: () => void
+  debug?: (msg: string) => void
+  info?: (msg: string) => void
+}
+
+/** Store entries that are never pushed: derivations, build scratch, check outputs, flake sources. */
+export function isPushCandidateName(name: string): boolean {
+  if (!/^[0-9a-z]{32}-/.test(name)) return false
+  return !/(\.drv|\.drv\.chroot|\.check|-source|\.lock)$/.test(name)
+}
+
+/** Whether a valid path needs pushing: built here, or substituted from a cache we do not push to. */
+export function needsPush(info: PathInfo, skipKeyNames: ReadonlySet<string>): boolean {
+  if (info.ultimate) return true
+  return !info.signatures.some((s) => skipKeyNames.has(s.slice(0, s.indexOf(':'))))
+}
+
+/** How long new lock removals are gathered before one validity check covers them all. */
+const CHECK_DELAY_MS = 100
+const MAX_FAILURES_KEPT = 50
+
+export class StoreWatcher {
+  private readonly known = new Set<string>()
+  private readonly handled = new Set<string>()
+  private candidates = new Set<string>()
+  private checkTimer: NodeJS.Timeout | undefined
+  private checking: Promise<void> = Promise.resolve()
+  private fsWatcher: fs.FSWatcher | undefined
+  private sink: PushSink | undefined
+  private backlog: string[] = []
+  private readonly outstanding = new Set<string>()
+  private readonly pushedPaths = new Set<string>()
+  private readonly skipKeys: ReadonlySet<string>
+  readonly failures = new Map<string, string>()
+  readonly counts: WatcherCounts = { seen: 0, pushed: 0, cached: 0, failed: 0, skipped: 0, pending: 0 }
+
+  constructor(private readonly opts: WatcherOptions) {
+    this.sink = opts.sink
+    this.skipKeys = new Set(opts.skipKeyNames)
+  }
+
+  get hasSink(): boolean {
+    return this.sink !== undefined
+  }
+
+  /** Snapshot the store (what exists now is never pushed) and start watching it. */
+  async start(): Promise<void> {
+    for (const name of await readdir(this.opts.storeDir)) this.known.add(name)
+    this.fsWatcher = fs.watch(this.opts.storeDir, (_event, name) => {
+      if (typeof name !== 'string' || !name.endsWith('.lock')) return
+      const target = name.slice(0, -'.lock'.length)
+      // A removed lock means Nix finished (or gave up on) the path; validity is checked later.
+      if (!fs.existsSync(path.join(this.opts.storeDir, name))) this.consider(target)
+    })
+    this.fsWatcher.on('error', (err) => this.opts.info?.(`store watch error: ${err.message}`))
+  }
+
+  /** Every path seen so far settled (pushed, cached, failed) or waiting for a client. */
+  async drain(): Promise<void> {
+    await this.rescan()
+    await this.checkNow()
+    if (this.sink) await this.sink.flush()
+  }
+
+  close(): void {
+    clearTimeout(this.checkTimer)
+    this.fsWatcher?.close()
+    this.sink?.kill()
+  }
+
+  /** The backlog recorded while no client existed (late bootstrap), for a final push elsewhere. */
+  get waiting(): readonly string[] {
+    return this.backlog
+  }
+
+  /** Entries that appeared without a lock event we saw (inotify overflow, races at start). */
+  private async rescan(): Promise<void> {
+    for (const name of await readdir(this.opts.storeDir)) {
+      if (!this.known.has(name) && !this.handled.has(name)) this.consider(name)
+    }
+  }
+
+  private consider(name: string): void {
+    if (!isPushCandidateName(name) || this.handled.has(name)) return
+    this.candidates.add(name)
+    this.checkTimer ??= setTimeout(() => void this.checkNow(), CHECK_DELAY_MS)
+  }
+
+  private checkNow(): Promise<void> {
+    clearTimeout(this.checkTimer)
+    this.checkTimer = undefined
+    const batch = [...this.candidates]
+    this.candidates = new Set()
+    // Serialised, so a drain waits for checks already under way.
+    this.checking = this.checking.then(() => this.check(batch))
+    return this.checking
+  }
+
+  private async check(names: string[]): Promise<void> {
+    if (names.length === 0) return
+    const paths = names.map((n) => path.join(this.opts.storeDir, n))
+    let valid: string[]
+    let infos: PathInfo[]
+    try {
+      const invalid = await invalidPaths(paths)
+      valid = paths.filter((p) => !invalid.has(p))
+      for (const p of invalid) this.opts.debug?.(`not valid (yet), skipped: ${p}`)
+      infos = await queryPathInfo(valid)
+    } catch (err) {
+      this.opts.info?.(`could not check new store paths: ${(err as Error).message}`)
+      return
+    }
+    for (const p of valid) this.handled.add(path.basename(p))
+    const toPush: string[] = []
+    for (const info of infos) {
+      this.counts.seen++
+      const reason = this.skipReason(info)
+      if (reason) {
+        this.counts.skipped++
+        this.opts.debug?.(`skipped (${reason}): ${info.path}`)
+      } else toPush.push(info.path)
+    }
+    if (toPush.length > 0) await this.hand(toPush)
+    this.opts.onChange?.()
+  }
+
+  private skipReason(info: PathInfo): string | undefined {
+    if (this.opts.include && !this.opts.include.test(info.path)) return 'not matched by GREEDY_INCLUDE'
+    if (this.opts.exclude?.test(info.path)) return 'matched by GREEDY_EXCLUDE'
+    if (!needsPush(info, this.skipKeys)) return 'signed by the cache or an upstream cache'
+    return undefined
+  }
+
+  private async hand(paths: string[]): Promise<void> {
+    if (!this.sink && this.opts.findSink) {
+      this.backlog.push(...paths)
+      this.counts.pending = this.backlog.length
+      this.sink = await this.opts.findSink(paths)
+      if (!this.sink) return
+      this.opts.info?.(`push client ready: pushing the ${this.backlog.length} path(s) recorded before it existed`)
+      paths = this.backlog
+      this.backlog = []
+    }
+    if (!this.sink) return
+    for (const p of paths) this.outstanding.add(p)
+    this.counts.pending = this.outstanding.size
+    this.sink.add(paths)
+  }
+
+  /** The sink reports each path once; dependencies it pushed on its own count too. */
+  settle(s: Settled): void {
+    const mine = this.outstanding.delete(s.path)
+    if (s.status === 'pushed' && !this.pushedPaths.has(s.path)) {
+      this.pushedPaths.add(s.path)
+      this.counts.pushed++
+    } else if (s.status === 'cached' && mine) {
+      this.counts.cached++
+    } else if (s.status === 'failed' && mine) {
+      this.counts.failed++
+      if (this.failures.size < MAX_FAILURES_KEPT) this.failures.set(s.path, s.error)
+    }
+    this.counts.pending = this.outstanding.size + this.backlog.length
+    this.opts.onChange?.()
+  }
+}
+
+/** An executable `bin/attic` inside one of these new store paths (the client being built). */
+export async function findAtticClient(paths: readonly string[]): Promise<string | undefined> {
+  for (const p of paths) {
+    const bin = path.join(p, 'bin', 'attic')
+    try {
+      await access(bin, fs.constants.X_OK)
+      return bin
+    } catch {
+      // not this one
+    }
+  }
+  return undefined
+}

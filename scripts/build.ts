@@ -1,0 +1,82 @@
+#!/usr/bin/env node
+// script: nix build, greedily (--keep-going), then drain the watcher so this stage's work is in
+// the cache before the stage ends (the docker executor kills the watcher then). Exits with Nix's code.
+import os from 'node:os'
+import { minimist } from 'zx'
+import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { drainWatcher } from '../lib/control.js'
+import { info, raw, warn } from '../lib/log.js'
+import { build as nixBuild, type BuildResult } from '../lib/nix.js'
+import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
+import type { BuildSummary } from '../lib/summary.js'
+
+export const buildInfo: CommandInfo = {
+  usage: 'greedy-nix build [installable...] [options] [-- nix-args...]',
+  about: 'script: nix build the installables (none: Nix\'s default, ".") with --keep-going and --out-link result\n' +
+    '(unless given), showing build logs; count what was built and substituted; drain the watcher;\n' +
+    'exit with Nix\'s exit code, whatever happened to the cache.',
+  details: '  --no-keep-going   stop at the first failed derivation (default: keep building independent ones)\n' +
+    '  -- nix-args...    passed to nix build as they are (e.g. -- --max-jobs 4 -o out)',
+}
+
+export async function build(argv: string[]): Promise<number> {
+  const dashdash = argv.indexOf('--')
+  const ours = dashdash === -1 ? argv : argv.slice(0, dashdash)
+  const nixArgs = dashdash === -1 ? [] : argv.slice(dashdash + 1)
+  const flags = minimist(ours, { boolean: ['help', 'version', 'verbose', 'strict', 'keep-going'], string: ['state-dir', 'drain-timeout'], default: { 'keep-going': true } })
+  if (handledInfoFlags(flags, buildInfo)) return 0
+  const { config, ok } = loadConfig(flags)
+  const installables = flags._.map(String)
+
+  const args = [...installables, ...nixArgs]
+  if (!nixArgs.some((a) => a === '--out-link' || a === '-o' || a === '--no-link')) args.push('--out-link', 'result')
+  if (flags['keep-going'] && !nixArgs.some((a) => a === '--keep-going' || a === '-k')) args.push('--keep-going')
+
+  // A cancelled job: stop Nix, then still drain what was built so far.
+  const abort = new AbortController()
+  let signalled: NodeJS.Signals | undefined
+  const onSignal = (sig: NodeJS.Signals) => {
+    signalled = sig
+    abort.abort()
+  }
+  process.once('SIGTERM', onSignal)
+  process.once('SIGINT', onSignal)
+
+  info(`nix build ${args.join(' ')}`)
+  const result = await nixBuild({ args, onLine: raw, signal: abort.signal })
+  info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
+  const paths = statePaths(config.stateDir)
+  const cacheCode = await recordAndDrain(paths, result, config.drainTimeout, config.strict)
+
+  if (signalled) return 128 + os.constants.signals[signalled]
+  if (result.exitCode !== 0) return result.exitCode
+  return ok ? cacheCode : 1
+}
+
+/** Add this run to build.json (a script may call build several times) and drain the watcher. */
+async function recordAndDrain(paths: ReturnType<typeof statePaths>, r: BuildResult, timeoutS: number, strict: boolean): Promise<number> {
+  try {
+    const prev = await readJson<BuildSummary>(paths.build)
+    const next: BuildSummary = {
+      exitCode: r.exitCode,
+      built: (prev?.built ?? 0) + r.built,
+      substituted: (prev?.substituted ?? 0) + r.substituted,
+      runs: (prev?.runs ?? 0) + 1,
+    }
+    await writeJsonAtomic(paths.build, next)
+  } catch (err) {
+    warn(`cannot record build counts in ${paths.build}: ${(err as Error).message}`)
+  }
+  const started = Date.now()
+  const d = await drainWatcher(paths, timeoutS, (s) => info(`waiting for the cache: ${s.counts.pending} path(s) still pushing`))
+  if (d.state === 'not-running') return 0
+  const c = d.status?.counts
+  const summary = c ? `${c.pushed} pushed so far, ${c.failed} failed, ${c.pending} pending` : 'no counts'
+  if (d.state === 'drained') {
+    info(`cache up to date in ${((Date.now() - started) / 1000).toFixed(1)}s: ${summary}`)
+    return c && c.failed > 0 && strict ? cacheProblem(strict, `${c.failed} path(s) failed to push`) : 0
+  }
+  return cacheProblem(strict, `drain ${d.state === 'timeout' ? `timed out after ${timeoutS}s` : 'failed: the watcher died'} (${summary})`)
+}
+
+runAsEntry('build', build)

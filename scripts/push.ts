@@ -1,0 +1,87 @@
+#!/usr/bin/env node
+// after_script: stop the watcher (it may be gone already), push the result closures once more,
+// and report: one summary line, summary.json, and OpenMetrics for GitLab.
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { glob, minimist } from 'zx'
+import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { stopWatcher } from '../lib/control.js'
+import type { WatcherStatus } from '../lib/daemon.js'
+import { finalPush } from '../lib/final.js'
+import { bold, info, warn } from '../lib/log.js'
+import { loadSession } from '../lib/session.js'
+import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
+import { openMetrics, summaryLine, type BuildSummary, type Summary } from '../lib/summary.js'
+
+export const pushInfo: CommandInfo = {
+  usage: 'greedy-nix push [path...] [options]',
+  about: 'after_script: stop the watcher if it still runs, push the closures of the given paths (default: the\n' +
+    './result* links), print one summary line, and write <state>/summary.json and <state>/metrics.txt.',
+}
+
+/** The final push must fit GitLab's 5 minute after_script default together with the drain. */
+const FINAL_PUSH_TIMEOUT_MS = 120_000
+
+export async function push(argv: string[]): Promise<number> {
+  const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir', 'drain-timeout'] })
+  if (handledInfoFlags(flags, pushInfo)) return 0
+  const { config, ok } = loadConfig(flags)
+  const paths = statePaths(config.stateDir)
+  const session = ok ? await loadSession(paths) : undefined
+
+  const stopped = await stopWatcher(paths, config.drainTimeout, (s) => info(`still pushing: ${s.counts.pending} pending`))
+  const status = 'status' in stopped ? stopped.status : await readJson<WatcherStatus>(paths.status)
+  if (stopped.state === 'not-running' && status) info('the watcher was no longer running (the executor ends it with its stage): using its last counts')
+
+  const targets = flags._.length > 0 ? flags._.map(String) : await resultLinks()
+  const final = session ? await finalPush(session, targets, status, FINAL_PUSH_TIMEOUT_MS, info) : { pushed: 0, failed: [] }
+
+  const build = await readJson<BuildSummary>(paths.build)
+  const summary: Summary = {
+    backend: session?.backend ?? 'none',
+    incremental: {
+      pushed: status?.counts.pushed ?? 0,
+      failed: status?.counts.failed ?? 0,
+      cached: status?.counts.cached ?? 0,
+      skipped: status?.counts.skipped ?? 0,
+    },
+    final: { pushed: final.pushed, failed: final.failed.length },
+    build: build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
+    failures: [...(status?.failures ?? []), ...final.failed].slice(0, 20),
+    watcherAlive: stopped.state !== 'not-running',
+  }
+  for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
+  info(bold(summaryLine(summary)))
+  try {
+    await fs.mkdir(paths.dir, { recursive: true })
+    await writeJsonAtomic(paths.summary, summary)
+    await fs.writeFile(paths.metrics, openMetrics(summary))
+  } catch (err) {
+    warn(`cannot write the summary in ${paths.dir}: ${(err as Error).message}`)
+  }
+  // The job is over: no secret needs to outlive it on disk.
+  await fs.rm(paths.secrets, { recursive: true, force: true })
+
+  const failed = summary.incremental.failed + summary.final.failed
+  if (!ok) return 1
+  if (session && (failed > 0 || stopped.state === 'timeout')) {
+    return cacheProblem(config.strict, `${failed} path(s) failed to push${stopped.state === 'timeout' ? ', drain timed out' : ''}`)
+  }
+  return 0
+}
+
+/** ./result, ./result-dev, …: the out-links `nix build` left (none is fine). */
+async function resultLinks(): Promise<string[]> {
+  const links = await glob(['result', 'result-*'], { onlyFiles: false, dot: false })
+  const targets: string[] = []
+  for (const link of links) {
+    try {
+      targets.push(await fs.realpath(path.resolve(link)))
+    } catch {
+      // a dangling link: nothing to push
+    }
+  }
+  return targets
+}
+
+runAsEntry('push', push)
