@@ -1,0 +1,138 @@
+// The greedy story on the attic backend: real Nix, real nginx as the server's HTTP side, and the
+// attic client test double (test/fixtures/attic), which stores paths for real with `nix copy`.
+import fs from 'node:fs'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import {
+  ATTIC_DOUBLE, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, outPath, readJsonFile, runCmd, tmpDir, uid, writeFlake,
+} from './helpers.js'
+import { startAtticServer, type AtticServer } from './nginx.js'
+import type { Summary } from '../lib/summary.js'
+
+const servers: AtticServer[] = []
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.stop()))
+})
+
+async function setup(name: string, opts: { clientOnPath: boolean }) {
+  const dir = tmpDir(`greedy-${name}-`)
+  const base = nixEnv(dir)
+  const [secret, pub] = makeKeys(base, `attic-test-${uid()}`)
+  const keyFile = path.join(dir, 'server-signing-key')
+  fs.writeFileSync(keyFile, secret, { mode: 0o600 })
+  const token = `tok-${uid()}${uid()}`
+  const server = await startAtticServer(path.join(dir, 'server'), { cache: 'main', token, publicKey: pub })
+  servers.push(server)
+  const bin = path.join(dir, 'bin')
+  fs.mkdirSync(bin)
+  if (opts.clientOnPath) fs.symlinkSync(ATTIC_DOUBLE, path.join(bin, 'attic'))
+  const doubleLog = path.join(dir, 'attic-double.log')
+  const job = (n: string) => {
+    const project = path.join(dir, n)
+    fs.mkdirSync(project, { recursive: true })
+    const env = nixEnv(path.join(dir, `${n}-home`), {
+      PATH: `${bin}:${process.env.PATH}`,
+      // An unreachable candidate first: bootstrap must move on to the next one.
+      ATTIC_SERVER: `http://127.0.0.1:1, ${server.url}`,
+      ATTIC_CACHE: 'main',
+      ATTIC_TOKEN: token,
+      CI_PROJECT_DIR: project,
+      ATTIC_DOUBLE_ROOT: server.root,
+      ATTIC_DOUBLE_SIGNING_KEY_FILE: keyFile,
+      ATTIC_DOUBLE_LOG: doubleLog,
+    })
+    return { project, env, state: path.join(project, '.greedy-nix') }
+  }
+  return { dir, server, token, doubleLog, job, prefix: `${name}-${uid()}` }
+}
+
+describe('ATTIC_SERVER end to end (attic client test double)', () => {
+  it('pipeline A fails late with outputs already in attic; pipeline B substitutes them from the private cache', async () => {
+    const t = await setup('atticab', { clientOnPath: true })
+    const a = t.job('a')
+    writeFlake(a.project, { prefix: t.prefix, chain: 6, failAt: 4, sleep: 1 })
+    const links = chainPaths(a.env, a.project, 6)
+
+    const boot = await greedy(a.env, a.project, 'bootstrap')
+    expect(boot.code).toBe(0)
+    expect(boot.out).toContain('probe http://127.0.0.1:1')
+    expect(boot.out).toContain(`attic cache "main" at ${t.server.url}`)
+    expect(boot.out).toContain('attic client from PATH')
+    // The token reaches the client through a private file only.
+    const clientConf = path.join(a.state, 'attic-xdg', 'attic', 'config.toml')
+    expect(fs.statSync(clientConf).mode & 0o077).toBe(0)
+    expect(fs.readFileSync(clientConf, 'utf8')).not.toContain(t.token)
+
+    const built = await greedy(a.env, a.project, 'build')
+    const plain = await runCmd('nix', ['build', '--keep-going', '--no-link'], { env: a.env, cwd: a.project })
+    expect(plain.code).not.toBe(0)
+    expect(built.code).toBe(plain.code)
+    expect(links.slice(0, 3).map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true])
+
+    const pushed = await greedy(a.env, a.project, 'push')
+    expect(pushed.code).toBe(0)
+    expect(pushed.stdout).toMatch(/pushed 3 store paths incrementally, 0 in the final push, 0 failed/)
+    expect(readJsonFile<Summary>(path.join(a.state, 'summary.json'))).toMatchObject({
+      backend: 'attic', incremental: { pushed: 3, failed: 0 }, build: { exitCode: plain.code, built: 3 },
+    })
+    const calls = fs.readFileSync(t.doubleLog, 'utf8')
+    expect(calls).toContain('"push","--stdin","main"')
+    expect(calls).not.toContain(t.token)
+    expect(fs.existsSync(path.join(a.state, 'secrets'))).toBe(false) // push cleans the secrets up
+
+    // Pipeline B: a fresh runner; the cache is private, so substitution needs the token (netrc).
+    deleteFromStore(a.env, links.slice(0, 3))
+    const b = t.job('b')
+    writeFlake(b.project, { prefix: t.prefix, chain: 6, sleep: 1 })
+    const linksB = chainPaths(b.env, b.project, 6) // 4-6 differ: the failure is fixed
+    expect(linksB.slice(0, 3)).toEqual(links.slice(0, 3))
+    expect((await greedy(b.env, b.project, 'bootstrap')).code).toBe(0)
+    const rebuilt = await greedy(b.env, b.project, 'build')
+    expect(rebuilt.code).toBe(0)
+    for (const p of links.slice(0, 3)) expect(rebuilt.out).toContain(`copying path '${p}' from '${t.server.url}/main'`)
+    expect(rebuilt.out).not.toContain('building link 1')
+    expect((await greedy(b.env, b.project, 'push')).code).toBe(0)
+    const sb = readJsonFile<Summary>(path.join(b.state, 'summary.json'))
+    expect(sb.build).toMatchObject({ exitCode: 0, built: 3, substituted: 3 })
+    expect(sb.incremental).toMatchObject({ pushed: 3, failed: 0 })
+    expect(linksB.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true, true, true, true])
+  })
+
+  it('late bootstrap: with no client at start, the backlog is pushed the moment the build realises the client', async () => {
+    const t = await setup('atticlate', { clientOnPath: false })
+    const a = t.job('a')
+    // Link 1 is built before the client exists; link 3 takes long enough to watch the cache meanwhile.
+    writeFlake(a.project, { prefix: t.prefix, chain: 3, clientAt: 2, sleep: 1 })
+    const links = chainPaths(a.env, a.project, 3)
+    const boot = await greedy(a.env, a.project, 'bootstrap')
+    expect(boot.code).toBe(0)
+    expect(boot.out).toContain('no attic client yet')
+
+    let buildDone = false
+    const building = greedy(a.env, a.project, 'build', '.#l3', '--', '--option', 'max-jobs', '1').then((r) => {
+      buildDone = true
+      return r
+    })
+    // Link 1 reaches the cache while the build is still running: pushed from the backlog, not at the end.
+    const deadline = Date.now() + 60_000
+    while (!inFileCache(t.server.cacheDir, links[0]!) && !buildDone && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+    expect(buildDone).toBe(false)
+    expect(inFileCache(t.server.cacheDir, links[0]!)).toBe(true)
+    const built = await building
+    expect(built.code).toBe(0)
+    expect(links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true])
+    const client = outPath(a.env, a.project, 'attic-client')
+    expect(inFileCache(t.server.cacheDir, client)).toBe(true)
+    expect(fs.readFileSync(path.join(a.state, 'watch.log'), 'utf8')).toContain(`attic client appeared in the store: ${client}/bin/attic`)
+    expect((await greedy(a.env, a.project, 'push')).code).toBe(0)
+
+    // The next pipeline gets the client from the cache at bootstrap (--max-jobs 0: never built there).
+    fs.rmSync(path.join(a.project, 'result')) // the out-link is a GC root
+    deleteFromStore(a.env, [...links.reverse(), client])
+    const b = t.job('b')
+    writeFlake(b.project, { prefix: t.prefix, chain: 3, clientAt: 2, sleep: 1 })
+    const bootB = await greedy(b.env, b.project, 'bootstrap')
+    expect(bootB.code).toBe(0)
+    expect(bootB.out).toContain('attic client from the cache: .#attic-client')
+  })
+})
