@@ -78,10 +78,15 @@ export async function fetchCacheConfig(endpoint: string, cache: string, token: s
       },
     }
   } catch (err) {
-    const e = err as Error & { cause?: { code?: string } }
-    const reason = e.name === 'TimeoutError' ? `no answer within ${timeoutMs / 1000}s` : (e.cause?.code ?? e.message)
+    const reason = (err as Error).name === 'TimeoutError' ? `no answer within ${timeoutMs / 1000}s` : fetchError(err)
     return { ok: false, endpoint, reason }
   }
+}
+
+/** Why a fetch failed, as specific as undici tells: `ECONNREFUSED`, `ENOTFOUND`, `bad port`. */
+export function fetchError(err: unknown): string {
+  const e = err as Error & { cause?: { code?: string; message?: string } }
+  return e.cause?.code ?? e.cause?.message ?? e.message
 }
 
 export function withSlash(url: string): string {

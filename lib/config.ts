@@ -119,7 +119,8 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
   const values: { [K in Variable]?: z.output<(typeof PARSERS)[K]> } = {}
   for (const name of Object.keys(VARIABLES) as Variable[]) {
     const flag = VARIABLES[name].flag
-    const fromFlag = flag === undefined ? undefined : flags[flag]
+    // minimist reports an absent boolean flag as false: only a flag actually given overrides the env.
+    const fromFlag = flag === undefined || flags[flag] === false ? undefined : flags[flag]
     const rawValue = fromFlag !== undefined ? flagString(fromFlag) : env[name]
     if (rawValue === undefined || rawValue.trim() === '') continue
     const parsed = PARSERS[name].safeParse(rawValue)

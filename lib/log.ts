@@ -71,7 +71,7 @@ export async function section<T>(name: string, header: string, fn: () => Promise
   }
   const id = `greedy_${name.replace(/[^a-zA-Z0-9_.-]/g, '_')}`
   const now = () => Math.floor(Date.now() / 1000)
-  process.stdout.write(`\x1b[0Ksection_start:${now()}:${id}[collapsed=${collapsed}]\r\x1b[0K${bold(header)}\n`)
+  process.stdout.write(`\x1b[0Ksection_start:${now()}:${id}[collapsed=${collapsed}]\r\x1b[0K${bold(`${PREFIX} ${header}`)}\n`)
   try {
     return await fn()
   } finally {

@@ -3,7 +3,7 @@
 // Secrets are written to 0600 files under <state>/secrets and referenced by path only.
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { atticConfigHome, fetchCacheConfig, withSlash, writeClientConfig, writePrivate } from './attic.js'
+import { atticConfigHome, fetchCacheConfig, fetchError, withSlash, writeClientConfig, writePrivate } from './attic.js'
 import type { Config } from './config.js'
 import { publicKeyOf, userNixConf, writeNixConfBlock } from './nix.js'
 import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
@@ -104,8 +104,7 @@ async function prepareNix(config: Config, paths: StatePaths, common: Common, onP
       onProbe?.(`${info.origin}: HTTP ${res.status}`)
       await res.body?.cancel()
     } catch (err) {
-      const e = err as Error & { cause?: { code?: string } }
-      return { ok: false, reason: `${url.origin} did not answer (${e.name === 'TimeoutError' ? 'timeout' : (e.cause?.code ?? e.message)})` }
+      return { ok: false, reason: `${url.origin} did not answer (${(err as Error).name === 'TimeoutError' ? 'timeout' : fetchError(err)})` }
     }
   }
   let secret: string | undefined

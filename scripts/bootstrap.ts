@@ -34,7 +34,7 @@ export async function bootstrap(argv: string[]): Promise<number> {
     return cacheProblem(config.strict, `cannot create the state dir ${paths.dir}: ${(err as Error).message}`)
   }
 
-  const prepared = await section('bootstrap', `greedy-nix: connecting to the ${config.backend} cache`, () =>
+  const prepared = await section('bootstrap', `connecting to the ${config.backend} cache`, () =>
     prepareSession(config, paths, (line) => info(`probe ${line}`)),
   )
   if (!prepared.ok) return cacheProblem(config.strict, prepared.reason)

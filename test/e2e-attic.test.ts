@@ -6,7 +6,7 @@ import { afterEach, describe, expect, it } from 'vitest'
 import {
   ATTIC_DOUBLE, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, outPath, readJsonFile, runCmd, tmpDir, uid, writeFlake,
 } from './helpers.js'
-import { startAtticServer, type AtticServer } from './nginx.js'
+import { freePort, startAtticServer, type AtticServer } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
 const servers: AtticServer[] = []
@@ -27,13 +27,14 @@ async function setup(name: string, opts: { clientOnPath: boolean }) {
   fs.mkdirSync(bin)
   if (opts.clientOnPath) fs.symlinkSync(ATTIC_DOUBLE, path.join(bin, 'attic'))
   const doubleLog = path.join(dir, 'attic-double.log')
+  const closed = await freePort()
   const job = (n: string) => {
     const project = path.join(dir, n)
     fs.mkdirSync(project, { recursive: true })
     const env = nixEnv(path.join(dir, `${n}-home`), {
       PATH: `${bin}:${process.env.PATH}`,
       // An unreachable candidate first: bootstrap must move on to the next one.
-      ATTIC_SERVER: `http://127.0.0.1:1, ${server.url}`,
+      ATTIC_SERVER: `http://127.0.0.1:${closed}, ${server.url}`,
       ATTIC_CACHE: 'main',
       ATTIC_TOKEN: token,
       CI_PROJECT_DIR: project,
@@ -43,7 +44,7 @@ async function setup(name: string, opts: { clientOnPath: boolean }) {
     })
     return { project, env, state: path.join(project, '.greedy-nix') }
   }
-  return { dir, server, token, doubleLog, job, prefix: `${name}-${uid()}` }
+  return { dir, server, token, doubleLog, job, closed, prefix: `${name}-${uid()}` }
 }
 
 describe('ATTIC_SERVER end to end (attic client test double)', () => {
@@ -55,7 +56,7 @@ describe('ATTIC_SERVER end to end (attic client test double)', () => {
 
     const boot = await greedy(a.env, a.project, 'bootstrap')
     expect(boot.code).toBe(0)
-    expect(boot.out).toContain('probe http://127.0.0.1:1')
+    expect(boot.out).toContain(`probe http://127.0.0.1:${t.closed}: ECONNREFUSED`)
     expect(boot.out).toContain(`attic cache "main" at ${t.server.url}`)
     expect(boot.out).toContain('attic client from PATH')
     // The token reaches the client through a private file only.

@@ -1,0 +1,110 @@
+// What a CI user sees from the commands when something is off: the non-blocking rule, strict
+// mode, the watcher's status codes, the pid-file guard. Runs the bundle as built.
+import { spawn } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { greedy, nixEnv, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { freePort } from './nginx.js'
+import { formatPidFile, processStartTime } from '../lib/state.js'
+
+const children: Array<ReturnType<typeof spawn>> = []
+afterEach(() => children.splice(0).forEach((c) => c.kill('SIGKILL')))
+
+function job(extra: NodeJS.ProcessEnv = {}) {
+  const dir = tmpDir('greedy-cli-')
+  const project = path.join(dir, 'project')
+  fs.mkdirSync(project)
+  return { dir, project, state: path.join(project, '.greedy-nix'), env: nixEnv(dir, { CI_PROJECT_DIR: project, ...extra }) }
+}
+
+describe('without a cache', () => {
+  it('bootstrap says so in one line and does nothing else', async () => {
+    const j = job()
+    const r = await greedy(j.env, j.project, 'bootstrap')
+    expect(r.code).toBe(0)
+    expect(r.out.trim().split('\n')).toEqual(['greedy-nix: no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL): building without a cache'])
+    expect(fs.existsSync(j.state)).toBe(false)
+  })
+
+  it('build still returns Nix exit code, and push reports without failing', async () => {
+    const j = job()
+    writeFlake(j.project, { prefix: `nocache-${uid()}`, chain: 2, failAt: 2 })
+    const plain = await runCmd('nix', ['build', '--no-link'], { env: j.env, cwd: j.project })
+    const r = await greedy(j.env, j.project, 'build')
+    expect(r.code).toBe(plain.code)
+    expect(r.code).not.toBe(0)
+    expect(r.out).toContain('link 2 fails on purpose')
+    const p = await greedy(j.env, j.project, 'push')
+    expect(p.code).toBe(0)
+  })
+})
+
+describe('cache problems never fail the job unless GREEDY_STRICT=1', () => {
+  it('a bad value is named, and the job goes on without the cache', async () => {
+    const j = job({ GREEDY_CACHE_URL: 'not a url', GREEDY_DRAIN_TIMEOUT: '-3' })
+    const r = await greedy(j.env, j.project, 'bootstrap')
+    expect(r.code).toBe(0)
+    expect(r.out).toContain('GREEDY_CACHE_URL: "not a url" expected a Nix store URL')
+    expect(r.out).toContain('GREEDY_DRAIN_TIMEOUT: "-3" expected a number of seconds')
+    const strict = await greedy({ ...j.env, GREEDY_STRICT: '1' }, j.project, 'bootstrap')
+    expect(strict.code).toBe(1)
+    expect(strict.out).toContain('GREEDY_CACHE_URL: "not a url"')
+  })
+
+  it('an unreachable attic server warns (exit 0), or fails in strict mode; the token is never printed', async () => {
+    const token = `secret-${uid()}`
+    const closed = await freePort() // nothing listens there
+    const j = job({ ATTIC_SERVER: `http://127.0.0.1:${closed}`, ATTIC_TOKEN: token })
+    const r = await greedy(j.env, j.project, 'bootstrap')
+    expect(r.code).toBe(0)
+    expect(r.out).toContain(`no attic server answered: http://127.0.0.1:${closed} (ECONNREFUSED)`)
+    expect(r.out).toContain('GREEDY_STRICT=1')
+    const strict = await greedy({ ...j.env, GREEDY_STRICT: '1' }, j.project, 'bootstrap')
+    expect(strict.code).toBe(1)
+    expect(r.out + strict.out).not.toContain(token)
+  })
+})
+
+describe('greedy-nix watch', () => {
+  it('status exits 0 while the watcher runs and 3 once it is stopped', async () => {
+    const j = job({ GREEDY_CACHE_URL: `file://${tmpDir('greedy-cli-cache-')}` })
+    expect((await greedy(j.env, j.project, 'watch', 'status')).code).toBe(3)
+    expect((await greedy(j.env, j.project, 'bootstrap')).code).toBe(0)
+    const running = await greedy(j.env, j.project, 'watch', 'status')
+    expect(running.code).toBe(0)
+    expect(running.out).toMatch(/running \(pid \d+\)/)
+    const drained = await greedy(j.env, j.project, 'watch', 'drain')
+    expect(drained.code).toBe(0)
+    expect((await greedy(j.env, j.project, 'watch', 'status')).code).toBe(0) // drain leaves it running
+    const stopped = await greedy(j.env, j.project, 'watch', 'stop')
+    expect(stopped.code).toBe(0)
+    expect(stopped.out).toMatch(/stopped: 0 pushed, 0 already cached, 0 failed, 0 pending/)
+    expect((await greedy(j.env, j.project, 'watch', 'status')).code).toBe(3)
+  })
+
+  it('never signals a process whose pid the pid file names but which is not our watcher', async () => {
+    const j = job({ GREEDY_CACHE_URL: `file://${tmpDir('greedy-cli-cache-')}` })
+    const other = spawn('sleep', ['60'], { stdio: 'ignore' })
+    children.push(other)
+    fs.mkdirSync(j.state, { recursive: true })
+    // Our watcher died and its pid went to another process: the start time does not match.
+    fs.writeFileSync(path.join(j.state, 'watch.pid'), formatPidFile(other.pid!, String(Number(processStartTime(other.pid!)) + 5)))
+    expect((await greedy(j.env, j.project, 'watch', 'status')).code).toBe(3)
+    const stop = await greedy(j.env, j.project, 'watch', 'stop')
+    expect(stop.code).toBe(0)
+    expect(stop.out).toContain('not running')
+    const p = await greedy(j.env, j.project, 'push')
+    expect(p.code).toBe(0)
+    expect(other.exitCode).toBeNull()
+    expect(other.signalCode).toBeNull()
+    expect(() => process.kill(other.pid!, 0)).not.toThrow()
+  })
+
+  it('rejects an unknown action by name', async () => {
+    const j = job()
+    const r = await greedy(j.env, j.project, 'watch', 'sprint')
+    expect(r.code).toBe(2)
+    expect(r.out).toContain('unknown action "sprint"')
+  })
+})

@@ -1,0 +1,79 @@
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { configHelp, parseConfig } from '../../lib/config.js'
+
+const KEY = 'cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY='
+
+describe('parseConfig', () => {
+  it('has sensible defaults and no backend when nothing is configured', () => {
+    const { config, errors } = parseConfig({}, {}, '/work/p')
+    expect(errors).toEqual([])
+    expect(config).toMatchObject({
+      backend: 'none', atticCache: 'main', client: '.#attic-client', drainTimeout: 120, strict: false,
+      stateDir: path.resolve('/work/p/.greedy-nix'),
+    })
+  })
+
+  it('puts the state dir under CI_PROJECT_DIR, and GREEDY_STATE_DIR wins', () => {
+    expect(parseConfig({ CI_PROJECT_DIR: '/builds/x' }, {}, '/tmp').config.stateDir).toBe('/builds/x/.greedy-nix')
+    expect(parseConfig({ CI_PROJECT_DIR: '/builds/x', GREEDY_STATE_DIR: 'st' }, {}, '/tmp').config.stateDir).toBe('/tmp/st')
+  })
+
+  it('splits ATTIC_SERVER candidates on spaces and commas', () => {
+    const { config } = parseConfig({ ATTIC_SERVER: ' https://a.example/,  http://b.example:8080 \n https://c.example ' })
+    expect(config.backend).toBe('attic')
+    expect(config.atticServers).toEqual(['https://a.example/', 'http://b.example:8080', 'https://c.example'])
+  })
+
+  it('lets flags override the environment', () => {
+    const { config } = parseConfig({ ATTIC_CACHE: 'env', GREEDY_DRAIN_TIMEOUT: '5' }, { 'attic-cache': 'flag', 'drain-timeout': '7', strict: true })
+    expect(config).toMatchObject({ atticCache: 'flag', drainTimeout: 7, strict: true })
+  })
+
+  it('keeps GREEDY_STRICT=1 when the --strict flag is absent (minimist reports it as false)', () => {
+    expect(parseConfig({ GREEDY_STRICT: '1' }, { strict: false }).config.strict).toBe(true)
+  })
+
+  it.each([
+    ['ATTIC_SERVER', 'ftp://x', /^ATTIC_SERVER: "ftp:\/\/x" expected an http:\/\/ or https:\/\/ URL/],
+    ['GREEDY_CACHE_URL', 'cache.example.org', /^GREEDY_CACHE_URL: "cache.example.org" expected a Nix store URL/],
+    ['GREEDY_DRAIN_TIMEOUT', 'soon', /^GREEDY_DRAIN_TIMEOUT: "soon" expected a number of seconds/],
+    ['GREEDY_STRICT', 'maybe', /^GREEDY_STRICT: "maybe" expected 1 or 0/],
+    ['GREEDY_INCLUDE', '(', /^GREEDY_INCLUDE: "\(" expected a regular expression/],
+    ['GREEDY_TRUSTED_PUBLIC_KEYS', 'nokey', /^GREEDY_TRUSTED_PUBLIC_KEYS: "nokey" expected name:base64 public keys/],
+    ['ATTIC_CACHE', 'my cache', /^ATTIC_CACHE: "my cache" expected a cache name/],
+  ])('names %s and what was expected when its value is bad', (name, value, message) => {
+    const { config, errors } = parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', [name]: value })
+    expect(errors).toHaveLength(1)
+    expect(errors[0]).toMatch(message)
+    expect(config.backend).toBe('none') // a bad config disables the cache, it does not half-apply
+  })
+
+  it('never echoes a secret in an error', () => {
+    const { errors } = parseConfig({ GREEDY_CACHE_URL: 'file:///c', GREEDY_SIGNING_KEY: 'no-colon-secret-value' })
+    expect(errors).toEqual(['GREEDY_SIGNING_KEY: expected a secret key of the form name:base64'])
+  })
+
+  it('names the flag when a flag carries the bad value', () => {
+    expect(parseConfig({}, { 'cache-url': 'nope' }).errors[0]).toMatch(/^--cache-url: "nope"/)
+  })
+
+  it('refuses two caches, or a secret given twice', () => {
+    const both = parseConfig({ ATTIC_SERVER: 'http://a', GREEDY_CACHE_URL: 'file:///c' })
+    expect(both.errors).toEqual(['ATTIC_SERVER and GREEDY_CACHE_URL are both set: choose one cache'])
+    expect(parseConfig({ ATTIC_TOKEN: 't', ATTIC_TOKEN_FILE: '/f' }).errors[0]).toMatch(/both set/)
+  })
+
+  it('accepts valid public keys and regexes', () => {
+    const { config, errors } = parseConfig({ GREEDY_CACHE_URL: 's3://bucket?region=eu-west-1', GREEDY_TRUSTED_PUBLIC_KEYS: KEY, GREEDY_EXCLUDE: '-vendor-' })
+    expect(errors).toEqual([])
+    expect(config.trustedPublicKeys).toEqual([KEY])
+    expect(config.exclude?.test('/nix/store/x-vendor-1')).toBe(true)
+  })
+
+  it('documents every variable in the help text', () => {
+    for (const v of ['ATTIC_SERVER', 'ATTIC_CACHE', 'ATTIC_TOKEN', 'ATTIC_TOKEN_FILE', 'GREEDY_CACHE_URL', 'GREEDY_SIGNING_KEY',
+      'GREEDY_SIGNING_KEY_FILE', 'GREEDY_TRUSTED_PUBLIC_KEYS', 'GREEDY_CLIENT', 'GREEDY_STATE_DIR', 'GREEDY_DRAIN_TIMEOUT',
+      'GREEDY_INCLUDE', 'GREEDY_EXCLUDE', 'GREEDY_STRICT']) expect(configHelp()).toContain(v)
+  })
+})

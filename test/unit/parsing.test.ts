@@ -1,0 +1,107 @@
+// Parsers of what Nix and attic print, on recorded real output and on the documented shapes of other versions.
+import fs from 'node:fs'
+import path from 'node:path'
+import { describe, expect, it } from 'vitest'
+import { parsePushLine } from '../../lib/attic.js'
+import { parseNixVersion, parsePathInfoJson, pathInfoJsonArgs } from '../../lib/nix.js'
+import { BuildLog, parseNixLogLine } from '../../lib/nixlog.js'
+import { isPushCandidateName, needsPush } from '../../lib/watcher.js'
+
+const P = '/nix/store/cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-sample-a-captured'
+
+describe('nix --version', () => {
+  it.each([
+    ['nix (Nix) 2.8.0', { impl: 'nix', major: 2, minor: 8 }, ['--json']],
+    ['nix (Nix) 2.33.1', { impl: 'nix', major: 2, minor: 33 }, ['--json', '--json-format', '1']],
+    ['nix (Lix, like Nix) 2.91.1', { impl: 'lix', major: 2, minor: 91 }, ['--json']],
+    ['nix (Determinate Nix 3.6.2) 2.29.0', { impl: 'nix', major: 2, minor: 29 }, ['--json']],
+  ])('%s', (text, version, args) => {
+    const v = parseNixVersion(text)
+    expect(v).toMatchObject(version)
+    expect(pathInfoJsonArgs(v)).toEqual(args)
+  })
+  it('is undefined for garbage', () => expect(parseNixVersion('command not found')).toBeUndefined())
+})
+
+describe('nix path-info --json across versions', () => {
+  const sig = 'cache.example-1:AAAA'
+  it('reads the array of Nix ≤ 2.18 and Lix', () => {
+    const infos = parsePathInfoJson(JSON.stringify([{ path: P, narSize: 120, ultimate: true, references: [P], signatures: [sig] }]))
+    expect(infos).toEqual([{ path: P, valid: true, ultimate: true, signatures: [sig], references: [P], narSize: 120 }])
+  })
+  it('reads the object keyed by path of Nix ≥ 2.19, with null for invalid paths', () => {
+    const infos = parsePathInfoJson(JSON.stringify({ [P]: { narSize: 1, signatures: [sig], references: [] }, '/nix/store/x-gone': null }))
+    expect(infos.map((i) => [i.path, i.valid, i.signatures])).toEqual([[P, true, [sig]], ['/nix/store/x-gone', false, []]])
+  })
+  it('reads format 3: bare names and {keyName, sig} signatures', () => {
+    const base = path.basename(P)
+    const infos = parsePathInfoJson(JSON.stringify({ [base]: { signatures: [{ keyName: 'cache.example-1', sig: 'AAAA' }], references: [base] } }))
+    expect(infos[0]).toMatchObject({ path: P, signatures: [sig], references: [P] })
+  })
+  it('reads real Nix 2.8 output with valid: false', () => {
+    expect(parsePathInfoJson(JSON.stringify([{ path: P, valid: false }]))[0]!.valid).toBe(false)
+  })
+})
+
+describe('which store paths are pushed', () => {
+  it.each([
+    ['cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-hello-2.12', true],
+    ['cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-hello-2.12.drv', false],
+    ['cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-hello-2.12.drv.chroot', false],
+    ['cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-hello-2.12.check', false],
+    ['cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-source', false],
+    ['cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-hello.lock', false],
+    ['.links', false],
+  ])('%s → %s', (name, expected) => expect(isPushCandidateName(name)).toBe(expected))
+
+  it('skips substituted paths signed by the target or an upstream cache, keeps locally built ones', () => {
+    const skip = new Set(['cache.nixos.org-1', 'mine-1'])
+    const info = (ultimate: boolean, sigs: string[]) => ({ path: P, valid: true, ultimate, signatures: sigs, references: [] })
+    expect(needsPush(info(true, []), skip)).toBe(true)
+    expect(needsPush(info(false, ['cache.nixos.org-1:abc']), skip)).toBe(false)
+    expect(needsPush(info(false, ['mine-1:abc']), skip)).toBe(false)
+    expect(needsPush(info(false, ['other-1:abc']), skip)).toBe(true)
+  })
+})
+
+describe('Nix internal-json build log', () => {
+  const recorded = fs.readFileSync(path.join(import.meta.dirname, '..', 'fixtures', 'nix-2.8-internal-json.log'), 'utf8').split('\n')
+
+  it('counts built, failed and substituted on a recorded Nix 2.8 --keep-going run', () => {
+    const log = new BuildLog()
+    const lines = recorded.flatMap((l) => {
+      const ev = parseNixLogLine(l)
+      return ev ? log.feed(ev) : []
+    })
+    expect(log.counts()).toEqual({ built: 1, substituted: 1, failed: 1 })
+    expect(lines).toContain('sample-a-captured> hello from a')
+    expect(lines).toContain('sample-b-captured> b fails')
+    expect(lines.some((l) => l.includes("copying path '" + P))).toBe(true)
+    expect(lines.some((l) => l.includes('failed with exit code 3'))).toBe(true)
+    expect(lines.some((l) => l.includes('querying info'))).toBe(false) // debug-level noise stays out
+  })
+
+  it('recognises the failure message of newer Nix', () => {
+    const log = new BuildLog()
+    const drv = '/nix/store/2v93068ysc3viaxhlvy85r5vdg6m5nja-b.drv'
+    log.feed({ action: 'start', id: 1, type: 105, level: 3, text: `building '${drv}'`, fields: [drv, '', 1, 1] })
+    log.feed({ action: 'msg', level: 0, msg: `error: Cannot build '${drv}'.\n       Reason: builder failed with exit code 1.` })
+    expect(log.counts()).toEqual({ built: 0, substituted: 0, failed: 1 })
+  })
+
+  it('ignores lines that are not events', () => {
+    expect(parseNixLogLine('warning: Git tree is dirty')).toBeUndefined()
+    expect(parseNixLogLine('@nix {not json')).toBeUndefined()
+  })
+})
+
+describe('attic push output', () => {
+  it.each([
+    [`✅ ${P} (12.3 MiB/s)`, { ok: true, path: P }],
+    [`✅ ${P} (1.2 MiB/s, 40.0% deduplicated)`, { ok: true, path: P }],
+    [`❌ ${P}: HTTP 413 Payload Too Large`, { ok: false, path: P, error: 'HTTP 413 Payload Too Large' }],
+    ['✅ All done! (3 already cached, 0 in upstream)', undefined],
+    ['⚙️ Pushing 3 paths to "main" on "greedy" (0 already cached, 0 in upstream)...', undefined],
+    ['🤷 Nothing selected.', undefined],
+  ])('%s', (line, expected) => expect(parsePushLine(line)).toEqual(expected))
+})
