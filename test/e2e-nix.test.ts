@@ -1,30 +1,44 @@
 // The greedy story on the Nix-store-URL backend, with real Nix and a real file:// binary cache.
 import fs from 'node:fs'
 import path from 'node:path'
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it } from 'vitest'
 import {
   chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
 } from './helpers.js'
+import { startHttpCache, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
-function setup(name: string) {
+const servers: Nginx[] = []
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.stop()))
+})
+
+/** A file:// cache, or nginx over HTTP (GET and PUT) serving the same kind of folder. */
+async function setup(name: string, kind: 'file' | 'http' = 'file') {
   const dir = tmpDir(`greedy-${name}-`)
-  const cache = path.join(dir, 'binary-cache')
+  let cache = path.join(dir, 'binary-cache')
+  let url = `file://${cache}`
+  if (kind === 'http') {
+    const http = await startHttpCache(path.join(dir, 'nginx'))
+    servers.push(http)
+    cache = http.cacheDir
+    url = http.url
+  }
   const base = nixEnv(dir)
   const [secret, pub] = makeKeys(base, `test-${uid()}`)
   const job = (n: string) => {
     const project = path.join(dir, n)
     fs.mkdirSync(project, { recursive: true })
     // A fresh runner per pipeline: its own user config (nix.conf), state dir and project dir.
-    const env = nixEnv(path.join(dir, `${n}-home`), { GREEDY_CACHE_URL: `file://${cache}`, GREEDY_SIGNING_KEY: secret, CI_PROJECT_DIR: project })
+    const env = nixEnv(path.join(dir, `${n}-home`), { GREEDY_CACHE_URL: url, GREEDY_SIGNING_KEY: secret, CI_PROJECT_DIR: project })
     return { project, env, state: path.join(project, '.greedy-nix') }
   }
-  return { dir, cache, pub, job, prefix: `${name}-${uid()}` }
+  return { dir, cache, url, pub, job, prefix: `${name}-${uid()}` }
 }
 
-describe('GREEDY_CACHE_URL=file://… end to end', () => {
-  it('pipeline A fails late with outputs already cached; pipeline B substitutes them and builds the rest', async () => {
-    const t = setup('nixab')
+describe('GREEDY_CACHE_URL end to end', () => {
+  it.each(['file', 'http'] as const)('%s: pipeline A fails late with outputs already cached; pipeline B substitutes them and builds the rest', async (kind) => {
+    const t = await setup(`nix${kind}`, kind)
     const a = t.job('a')
     writeFlake(a.project, { prefix: t.prefix, chain: 6, failAt: 4, sleep: 1 })
     const links = chainPaths(a.env, a.project, 6)
@@ -55,7 +69,7 @@ describe('GREEDY_CACHE_URL=file://… end to end', () => {
     expect((await greedy(b.env, b.project, 'bootstrap')).code).toBe(0)
     const rebuilt = await greedy(b.env, b.project, 'build')
     expect(rebuilt.code).toBe(0)
-    for (const p of links.slice(0, 3)) expect(rebuilt.out).toContain(`copying path '${p}' from 'file://${t.cache}'`)
+    for (const p of links.slice(0, 3)) expect(rebuilt.out).toContain(`copying path '${p}' from '${t.url}'`)
     expect(rebuilt.out).not.toContain('building link 1')
     expect(rebuilt.out).toContain('building link 6')
     expect((await greedy(b.env, b.project, 'push')).code).toBe(0)
@@ -66,7 +80,7 @@ describe('GREEDY_CACHE_URL=file://… end to end', () => {
   })
 
   it('push after the watcher was killed still pushes the result closure and reports honestly', async () => {
-    const t = setup('nixkill')
+    const t = await setup('nixkill')
     const a = t.job('a')
     writeFlake(a.project, { prefix: t.prefix, chain: 3 })
     const links = chainPaths(a.env, a.project, 3)
