@@ -65,7 +65,7 @@ describe('which store paths are pushed', () => {
 })
 
 describe('Nix internal-json build log', () => {
-  const recorded = fs.readFileSync(path.join(import.meta.dirname, '..', 'fixtures', 'nix-2.8-internal-json.log'), 'utf8').split('\n')
+  const recorded = fs.readFileSync(path.join(import.meta.dirname, '..', 'fixtures', 'nix-2.8-internal-json.txt'), 'utf8').split('\n')
 
   it('counts built, failed and substituted on a recorded Nix 2.8 --keep-going run', () => {
     const log = new BuildLog()
