@@ -135,8 +135,11 @@ export async function pushPaths(client: string, cache: string, paths: readonly s
  */
 export class AtticPushSession {
   private readonly child: ChildProcess
-  private readonly exited: Promise<number | null>
+  /** Resolves with the exit code when the client ends, whether `finish()` ended it or not. */
+  readonly exited: Promise<number | null>
   private stderrTail = ''
+  /** Set once `finish()` closed stdin: an exit after that is the expected end. */
+  finishing = false
 
   constructor(client: string, cache: string, env: NodeJS.ProcessEnv, onLine: (line: PushLine) => void) {
     this.child = spawn(client, ['push', '--stdin', cache], { env, stdio: ['pipe', 'ignore', 'pipe'], detached: true })
@@ -165,8 +168,14 @@ export class AtticPushSession {
     return true
   }
 
+  /** What the client printed besides per-path lines (its last 2000 characters). */
+  get stderr(): string {
+    return this.stderrTail
+  }
+
   /** Close stdin and wait for every upload to finish; kill the client if it takes longer than timeoutMs. */
   async finish(timeoutMs: number): Promise<{ exitCode: number | null; timedOut: boolean; stderr: string }> {
+    this.finishing = true
     this.child.stdin!.end()
     let timedOut = false
     const timer = setTimeout(() => {

@@ -55,7 +55,7 @@ export const VARIABLES = {
   GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
   GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
   GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
-  GREEDY_EXCLUDE: { flag: 'exclude', doc: 'never push store paths matching this regular expression' },
+  GREEDY_EXCLUDE: { flag: 'exclude', doc: 'do not push store paths matching this regular expression on their own (closures of other paths still carry them)' },
   GREEDY_STRICT: { flag: 'strict', doc: '1: cache problems fail the job (default: 0, they only warn)' },
 } as const
 

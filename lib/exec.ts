@@ -88,12 +88,13 @@ export function killGroup(child: ChildProcess, signal: NodeJS.Signals): void {
 /** A one-line description of why a run failed, for warnings. */
 export function describeFailure(r: RunResult, what: string, timeoutMs?: number): string {
   if (r.timedOut) return `${what} timed out after ${Math.round((timeoutMs ?? 0) / 1000)}s`
-  if (r.code === 127) return `${what} could not be started: ${lastLine(r.stderr)}`
-  const why = lastLine(r.stderr)
+  if (r.code === 127) return `${what} could not be started: ${errorLine(r.stderr)}`
+  const why = errorLine(r.stderr)
   return `${what} failed (${r.signal ?? `exit ${r.code}`})${why ? `: ${why}` : ''}`
 }
 
-export function lastLine(text: string): string {
+/** The line that says what went wrong: the first `error:` line (Nix, clap, anyhow), else the last line. */
+export function errorLine(text: string): string {
   const lines = text.split('\n').map((l) => l.trim()).filter(Boolean)
-  return lines[lines.length - 1] ?? ''
+  return lines.find((l) => /^error\b/i.test(l)) ?? lines[lines.length - 1] ?? ''
 }

@@ -1,6 +1,9 @@
 // The final push of after_script: the closures of the build results, pushed once more. Cheap
 // when the watcher did its job (the cache answers "already there"), and the safety net when it
 // could not (killed with its stage, or no client until the end).
+import fs from 'node:fs/promises'
+import path from 'node:path'
+import { glob } from 'zx'
 import { atticEnv, pushPaths } from './attic.js'
 import type { WatcherStatus } from './daemon.js'
 import { describeFailure } from './exec.js'
@@ -8,27 +11,55 @@ import { copyTo } from './nix.js'
 import type { Session } from './session.js'
 
 export interface FinalPush {
-  pushed: number
+  /** Paths uploaded now (closures included); the cache already had the rest. */
+  pushed: string[]
   failed: Array<{ path: string; error: string }>
 }
 
 export async function finalPush(session: Session, targets: readonly string[], status: WatcherStatus | undefined, timeoutMs: number, log: (m: string) => void): Promise<FinalPush> {
   // Paths recorded while no client existed are pushed here if one exists now.
   const paths = [...new Set([...targets, ...(status?.waitingForClient ?? [])])]
-  if (paths.length === 0) return { pushed: 0, failed: [] }
+  if (paths.length === 0) return { pushed: [], failed: [] }
   log(`final push of ${paths.length} path(s) and their closures`)
   if (session.backend === 'nix' && session.nix) {
     const r = await copyTo(session.nix.url, paths, { timeoutMs })
-    if (r.code === 0) return { pushed: r.copied.length, failed: [] }
+    if (r.code === 0) return { pushed: r.copied, failed: [] }
     const error = describeFailure(r, 'nix copy', timeoutMs)
-    return { pushed: r.copied.length, failed: paths.map((p) => ({ path: p, error })) }
+    return { pushed: r.copied, failed: paths.map((p) => ({ path: p, error })) }
   }
   const client = status?.client ?? session.client
   if (!session.attic || !client) {
-    return { pushed: 0, failed: paths.map((p) => ({ path: p, error: 'no attic client was available in this job' })) }
+    return { pushed: [], failed: paths.map((p) => ({ path: p, error: 'no attic client was available in this job' })) }
   }
   const r = await pushPaths(client, session.attic.cache, paths, { env: atticEnv(session.attic.configHome), timeoutMs })
-  if (r.exitCode === 0 || r.failed.length > 0) return { pushed: r.pushed.length, failed: r.failed }
+  if (r.exitCode === 0 || r.failed.length > 0) return { pushed: r.pushed, failed: r.failed }
   const error = r.timedOut ? `attic push timed out after ${timeoutMs / 1000}s` : `attic push exit ${r.exitCode}: ${r.stderr.trim().split('\n').pop()}`
-  return { pushed: r.pushed.length, failed: paths.map((p) => ({ path: p, error })) }
+  return { pushed: r.pushed, failed: paths.map((p) => ({ path: p, error })) }
+}
+
+/**
+ * Each path counts as failed once, and not at all when the final push got it into the cache
+ * after the watcher could not: the counts say what is missing from the cache now.
+ */
+export function countFailures(status: WatcherStatus | undefined, final: FinalPush) {
+  const recovered = new Set(final.pushed)
+  const earlier = (status?.failures ?? []).filter((f) => !recovered.has(f.path))
+  const incremental = Math.max(0, (status?.counts.failed ?? 0) - ((status?.failures.length ?? 0) - earlier.length))
+  const known = new Set(earlier.map((f) => f.path))
+  const later = final.failed.filter((f) => !known.has(f.path))
+  return { incremental, final: later.length, list: [...earlier, ...later] }
+}
+
+/** ./result, ./result-dev, …: the out-links `nix build` left (none is fine). */
+export async function resultLinks(cwd = process.cwd()): Promise<string[]> {
+  const links = await glob(['result', 'result-*'], { cwd, onlyFiles: false, dot: false })
+  const targets: string[] = []
+  for (const link of links) {
+    try {
+      targets.push(await fs.realpath(path.resolve(cwd, link)))
+    } catch {
+      // a dangling link: nothing to push
+    }
+  }
+  return targets
 }

@@ -1,7 +1,7 @@
 // Push sinks: where the watcher hands valid store paths. Each sink reports every path it was
 // given exactly once as pushed, already cached, or failed, so a drain knows when it is done.
 import { AtticPushSession, pushPaths, type PushLine } from './attic.js'
-import { describeFailure } from './exec.js'
+import { describeFailure, errorLine } from './exec.js'
 import { copyTo } from './nix.js'
 
 export type Settled =
@@ -26,30 +26,30 @@ export interface SinkOptions {
   runTimeoutMs: number
 }
 
-/** How long paths may wait before a `nix copy` batch starts, and the most per batch. */
+/** How long paths may wait before a batch starts, and the most per batch. */
 const BATCH_DELAY_MS = 300
 const BATCH_MAX = 64
 
-/** `nix copy --to URL`, in batches: one process per batch, not per path. */
-export class NixCopySink implements PushSink {
+/**
+ * Gathers paths for a short while and hands them to `push` in batches, one batch at a time, in
+ * the order the paths became valid (dependencies before dependants).
+ */
+class Batcher {
   private pending: string[] = []
   private timer: NodeJS.Timeout | undefined
   private chain: Promise<void> = Promise.resolve()
 
-  constructor(
-    private readonly url: string,
-    private readonly opts: SinkOptions,
-    private readonly env?: NodeJS.ProcessEnv,
-  ) {}
+  constructor(private readonly push: (batch: string[]) => Promise<void>) {}
 
   add(paths: readonly string[]): void {
     this.pending.push(...paths)
-    if (this.pending.length >= BATCH_MAX) this.startBatch()
-    else this.timer ??= setTimeout(() => this.startBatch(), BATCH_DELAY_MS)
+    if (this.pending.length >= BATCH_MAX) this.start()
+    else this.timer ??= setTimeout(() => this.start(), BATCH_DELAY_MS)
   }
 
+  /** Resolves when every path added so far went through `push`. */
   async flush(): Promise<void> {
-    this.startBatch()
+    this.start()
     await this.chain
   }
 
@@ -58,14 +58,36 @@ export class NixCopySink implements PushSink {
     this.pending = []
   }
 
-  private startBatch(): void {
+  private start(): void {
     clearTimeout(this.timer)
     this.timer = undefined
     while (this.pending.length > 0) {
       const batch = this.pending.splice(0, BATCH_MAX)
-      // One copy at a time, in the order paths became valid: dependencies before dependants.
-      this.chain = this.chain.then(() => this.copy(batch))
+      this.chain = this.chain.then(() => this.push(batch))
     }
+  }
+}
+
+/** `nix copy --to URL`, in batches: one process per batch, not per path. */
+export class NixCopySink implements PushSink {
+  private readonly batcher = new Batcher((batch) => this.copy(batch))
+
+  constructor(
+    private readonly url: string,
+    private readonly opts: SinkOptions,
+    private readonly env?: NodeJS.ProcessEnv,
+  ) {}
+
+  add(paths: readonly string[]): void {
+    this.batcher.add(paths)
+  }
+
+  flush(): Promise<void> {
+    return this.batcher.flush()
+  }
+
+  kill(): void {
+    this.batcher.kill()
   }
 
   private async copy(batch: string[]): Promise<void> {
@@ -87,13 +109,16 @@ export class NixCopySink implements PushSink {
 
 /**
  * attic: one long-lived `attic push --stdin` session uploads paths as they arrive. A flush ends
- * the session (attic finishes uploads only at EOF); the next path starts a new one. Paths the
- * session could not settle are retried once with a plain `attic push` batch.
+ * the session (attic finishes uploads only at EOF); the next path starts a new one. Paths a
+ * session could not settle go through plain `attic push` batches. When a session dies on its
+ * own (an old client without --stdin, a crash), the sink switches to batches for good, at once.
  */
 export class AtticSink implements PushSink {
   private session: AtticPushSession | undefined
   private inSession = new Set<string>()
   private chain: Promise<void> = Promise.resolve()
+  private streaming = true
+  private readonly batcher = new Batcher((batch) => this.pushBatch(batch))
 
   constructor(
     private readonly client: string,
@@ -104,25 +129,36 @@ export class AtticSink implements PushSink {
 
   add(paths: readonly string[]): void {
     if (paths.length === 0) return
+    if (!this.streaming) return this.batcher.add(paths)
     this.session ??= this.openSession()
     for (const p of paths) this.inSession.add(p)
-    if (!this.session.add(paths)) {
-      // The session died: settle what it held through the batch path, and start afresh next time.
-      this.chain = this.chain.then(() => this.endSession())
-    }
+    this.session.add(paths) // if the client is gone, its exit handler moves these paths to batches
   }
 
   async flush(): Promise<void> {
     this.chain = this.chain.then(() => this.endSession())
     await this.chain
+    await this.batcher.flush()
   }
 
   kill(): void {
     this.session?.kill()
+    this.batcher.kill()
   }
 
   private openSession(): AtticPushSession {
-    return new AtticPushSession(this.client, this.cache, this.env, (line) => this.onLine(line))
+    const session = new AtticPushSession(this.client, this.cache, this.env, (line) => this.onLine(line))
+    void session.exited.then((code) => {
+      if (session.finishing || this.session !== session) return
+      this.session = undefined
+      this.streaming = false
+      const rest = [...this.inSession]
+      this.inSession = new Set()
+      const why = errorLine(session.stderr) || `exit ${code}`
+      this.opts.onWarn(`attic push --stdin ended on its own (${why}); pushing in batches from now on`)
+      this.batcher.add(rest)
+    })
+    return session
   }
 
   private onLine(line: PushLine): void {
@@ -150,14 +186,19 @@ export class AtticSink implements PushSink {
     }
     const why = r.timedOut ? `timed out after ${this.opts.runTimeoutMs / 1000}s` : `exit ${r.exitCode}`
     this.opts.onWarn(`attic push --stdin ended (${why}); retrying ${rest.length} path(s) in one batch`)
-    const retry = await pushPaths(this.client, this.cache, rest, { env: this.env, timeoutMs: this.opts.runTimeoutMs })
-    const done = new Set(retry.pushed)
-    const errors = new Map(retry.failed.map((f) => [f.path, f.error]))
-    for (const p of rest) {
+    this.batcher.add(rest)
+  }
+
+  /** `attic push CACHE paths…`; each path settles by its ✅/❌ line, or by the exit code. */
+  private async pushBatch(batch: string[]): Promise<void> {
+    const r = await pushPaths(this.client, this.cache, batch, { env: this.env, timeoutMs: this.opts.runTimeoutMs })
+    const done = new Set(r.pushed)
+    const errors = new Map(r.failed.map((f) => [f.path, f.error]))
+    for (const p of batch) {
       if (done.has(p)) this.opts.onSettled({ path: p, status: 'pushed' })
-      else if (retry.exitCode === 0) this.opts.onSettled({ path: p, status: 'cached' })
+      else if (r.exitCode === 0) this.opts.onSettled({ path: p, status: 'cached' })
       else {
-        const error = errors.get(p) ?? (retry.timedOut ? 'attic push timed out' : `attic push exit ${retry.exitCode}`)
+        const error = errors.get(p) ?? (r.timedOut ? `attic push timed out after ${this.opts.runTimeoutMs / 1000}s` : `attic push exit ${r.exitCode}: ${errorLine(r.stderr)}`)
         this.opts.onSettled({ path: p, status: 'failed', error })
       }
     }

@@ -1,6 +1,7 @@
 #!/usr/bin/env node
 // script: nix build, greedily (--keep-going), then drain the watcher so this stage's work is in
 // the cache before the stage ends (the docker executor kills the watcher then). Exits with Nix's code.
+import fs from 'node:fs/promises'
 import os from 'node:os'
 import { minimist } from 'zx'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
@@ -56,6 +57,7 @@ export async function build(argv: string[]): Promise<number> {
 /** Add this run to build.json (a script may call build several times) and drain the watcher. */
 async function recordAndDrain(paths: ReturnType<typeof statePaths>, r: BuildResult, timeoutS: number, strict: boolean): Promise<number> {
   try {
+    await fs.mkdir(paths.dir, { recursive: true })
     const prev = await readJson<BuildSummary>(paths.build)
     const next: BuildSummary = {
       exitCode: r.exitCode,

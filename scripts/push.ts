@@ -2,12 +2,11 @@
 // after_script: stop the watcher (it may be gone already), push the result closures once more,
 // and report: one summary line, summary.json, and OpenMetrics for GitLab.
 import fs from 'node:fs/promises'
-import path from 'node:path'
-import { glob, minimist } from 'zx'
+import { minimist } from 'zx'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'
-import { finalPush } from '../lib/final.js'
+import { countFailures, finalPush, resultLinks } from '../lib/final.js'
 import { bold, info, warn } from '../lib/log.js'
 import { loadSession } from '../lib/session.js'
 import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
@@ -34,20 +33,21 @@ export async function push(argv: string[]): Promise<number> {
   if (stopped.state === 'not-running' && status) info('the watcher was no longer running (the executor ends it with its stage): using its last counts')
 
   const targets = flags._.length > 0 ? flags._.map(String) : await resultLinks()
-  const final = session ? await finalPush(session, targets, status, FINAL_PUSH_TIMEOUT_MS, info) : { pushed: 0, failed: [] }
+  const final = session ? await finalPush(session, targets, status, FINAL_PUSH_TIMEOUT_MS, info) : { pushed: [], failed: [] }
 
   const build = await readJson<BuildSummary>(paths.build)
+  const failures = countFailures(status, final)
   const summary: Summary = {
     backend: session?.backend ?? 'none',
     incremental: {
       pushed: status?.counts.pushed ?? 0,
-      failed: status?.counts.failed ?? 0,
+      failed: failures.incremental,
       cached: status?.counts.cached ?? 0,
       skipped: status?.counts.skipped ?? 0,
     },
-    final: { pushed: final.pushed, failed: final.failed.length },
+    final: { pushed: final.pushed.length, failed: failures.final },
     build: build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
-    failures: [...(status?.failures ?? []), ...final.failed].slice(0, 20),
+    failures: failures.list.slice(0, 20),
     watcherAlive: stopped.state !== 'not-running',
   }
   for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
@@ -68,20 +68,6 @@ export async function push(argv: string[]): Promise<number> {
     return cacheProblem(config.strict, `${failed} path(s) failed to push${stopped.state === 'timeout' ? ', drain timed out' : ''}`)
   }
   return 0
-}
-
-/** ./result, ./result-dev, …: the out-links `nix build` left (none is fine). */
-async function resultLinks(): Promise<string[]> {
-  const links = await glob(['result', 'result-*'], { onlyFiles: false, dot: false })
-  const targets: string[] = []
-  for (const link of links) {
-    try {
-      targets.push(await fs.realpath(path.resolve(link)))
-    } catch {
-      // a dangling link: nothing to push
-    }
-  }
-  return targets
 }
 
 runAsEntry('push', push)

@@ -4,9 +4,10 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { greedy, nixEnv, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { chainPaths, greedy, inFileCache, isValid, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { freePort } from './nginx.js'
 import { formatPidFile, processStartTime } from '../lib/state.js'
+import type { Summary } from '../lib/summary.js'
 
 const children: Array<ReturnType<typeof spawn>> = []
 afterEach(() => children.splice(0).forEach((c) => c.kill('SIGKILL')))
@@ -35,6 +36,7 @@ describe('without a cache', () => {
     expect(r.code).toBe(plain.code)
     expect(r.code).not.toBe(0)
     expect(r.out).toContain('link 2 fails on purpose')
+    expect(r.out).not.toContain('warning')
     const p = await greedy(j.env, j.project, 'push')
     expect(p.code).toBe(0)
   })
@@ -63,6 +65,47 @@ describe('cache problems never fail the job unless GREEDY_STRICT=1', () => {
     const strict = await greedy({ ...j.env, GREEDY_STRICT: '1' }, j.project, 'bootstrap')
     expect(strict.code).toBe(1)
     expect(r.out + strict.out).not.toContain(token)
+  })
+})
+
+describe('greedy-nix build', () => {
+  const greedyJob = () => {
+    const cache = tmpDir('greedy-cli-cache-')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    writeFlake(j.project, { prefix: `keepgoing-${uid()}`, chain: 3, sleep: 1, sideFails: true })
+    return { ...j, cache, links: chainPaths(j.env, j.project, 3) }
+  }
+
+  it('keeps building (and pushing) the independent chain when another derivation fails, and skips GREEDY_EXCLUDE', async () => {
+    const j = greedyJob()
+    // Excluded paths are not pushed on their own (a dependant's closure would still carry them).
+    const env = { ...j.env, GREEDY_EXCLUDE: `${path.basename(j.links[2]!)}$` }
+    expect((await greedy(env, j.project, 'bootstrap')).code).toBe(0)
+    const r = await greedy(env, j.project, 'build', '--', '--max-jobs', '2')
+    expect(r.code).toBe(1) // Nix's exit code for a failed build
+    expect(r.out).toContain('the side derivation fails')
+    expect(j.links.map((p) => inFileCache(j.cache, p))).toEqual([true, true, false])
+    expect((await greedy(env, j.project, 'push')).code).toBe(0)
+    const s = readJsonFile<Summary>(path.join(j.state, 'summary.json'))
+    expect(s.build).toMatchObject({ exitCode: 1, built: 3 })
+    expect(s.incremental).toMatchObject({ pushed: 2, skipped: 1 })
+  })
+
+  it('--no-keep-going stops at the first failure, as plain nix build does', async () => {
+    const j = greedyJob()
+    const r = await greedy(j.env, j.project, 'build', '--no-keep-going', '--', '--max-jobs', '2')
+    expect(r.code).toBe(1)
+    expect(r.out).toContain('the side derivation fails')
+    expect(isValid(j.env, j.links[2]!)).toBe(false)
+  })
+
+  it('adds up the counts of several build calls in one job', async () => {
+    const j = job()
+    writeFlake(j.project, { prefix: `twice-${uid()}`, chain: 2 })
+    expect((await greedy(j.env, j.project, 'build', '.#l1')).code).toBe(0)
+    expect((await greedy(j.env, j.project, 'build', '.#l2')).code).toBe(0)
+    expect((await greedy(j.env, j.project, 'push')).code).toBe(0)
+    expect(readJsonFile<Summary>(path.join(j.state, 'summary.json')).build).toMatchObject({ exitCode: 0, built: 2, runs: 2 })
   })
 })
 

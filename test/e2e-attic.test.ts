@@ -14,7 +14,7 @@ afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.stop()))
 })
 
-async function setup(name: string, opts: { clientOnPath: boolean }) {
+async function setup(name: string, opts: { clientOnPath: boolean; env?: NodeJS.ProcessEnv }) {
   const dir = tmpDir(`greedy-${name}-`)
   const base = nixEnv(dir)
   const [secret, pub] = makeKeys(base, `attic-test-${uid()}`)
@@ -41,6 +41,7 @@ async function setup(name: string, opts: { clientOnPath: boolean }) {
       ATTIC_DOUBLE_ROOT: server.root,
       ATTIC_DOUBLE_SIGNING_KEY_FILE: keyFile,
       ATTIC_DOUBLE_LOG: doubleLog,
+      ...opts.env,
     })
     return { project, env, state: path.join(project, '.greedy-nix') }
   }
@@ -135,5 +136,50 @@ describe('ATTIC_SERVER end to end (attic client test double)', () => {
     const bootB = await greedy(b.env, b.project, 'bootstrap')
     expect(bootB.code).toBe(0)
     expect(bootB.out).toContain('attic client from the cache: .#attic-client')
+    expect((await greedy(b.env, b.project, 'push')).code).toBe(0)
+  })
+
+  it('a client without push --stdin: the watcher switches to batches at once and still pushes during the build', async () => {
+    const t = await setup('atticold', { clientOnPath: true, env: { ATTIC_DOUBLE_NO_STDIN: '1' } })
+    const a = t.job('a')
+    writeFlake(a.project, { prefix: t.prefix, chain: 4, sleep: 1 })
+    const links = chainPaths(a.env, a.project, 4)
+    expect((await greedy(a.env, a.project, 'bootstrap')).code).toBe(0)
+    let buildDone = false
+    const building = greedy(a.env, a.project, 'build').then((r) => {
+      buildDone = true
+      return r
+    })
+    const deadline = Date.now() + 60_000
+    while (!inFileCache(t.server.cacheDir, links[0]!) && !buildDone && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
+    expect(buildDone).toBe(false)
+    expect((await building).code).toBe(0)
+    expect(links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true, true])
+    expect(fs.readFileSync(path.join(a.state, 'watch.log'), 'utf8')).toContain("attic push --stdin ended on its own (error: unexpected argument '--stdin' found")
+    const pushed = await greedy(a.env, a.project, 'push')
+    expect(pushed.stdout).toMatch(/pushed 4 store paths incrementally, 0 in the final push, 0 failed/)
+  })
+
+  it('a path the server refuses is named and counted, and the job result stays the build result', async () => {
+    const t = await setup('atticrefuse', { clientOnPath: true })
+    const a = t.job('a')
+    writeFlake(a.project, { prefix: t.prefix, chain: 3 })
+    const links = chainPaths(a.env, a.project, 3)
+    const env = { ...a.env, ATTIC_DOUBLE_FAIL: links[2]! } // the server answers 413 for link 3
+    expect((await greedy(env, a.project, 'bootstrap')).code).toBe(0)
+    expect((await greedy(env, a.project, 'build')).code).toBe(0)
+    expect(links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, false])
+    const pushed = await greedy(env, a.project, 'push')
+    expect(pushed.code).toBe(0)
+    expect(pushed.out).toContain(`not pushed: ${links[2]}: HTTP 413 Payload Too Large`)
+    // Refused by the watcher and again by the final push: one path, counted once.
+    expect(pushed.stdout).toMatch(/pushed 2 store paths incrementally, 0 in the final push, 1 failed/)
+    const s = readJsonFile<Summary>(path.join(a.state, 'summary.json'))
+    expect(s.failures).toEqual([{ path: links[2], error: 'HTTP 413 Payload Too Large' }])
+    expect(s.incremental.failed + s.final.failed).toBe(1)
+    // Strict mode: the same refusal fails after_script loudly.
+    const strict = await greedy({ ...env, GREEDY_STRICT: '1' }, a.project, 'push')
+    expect(strict.code).toBe(1)
+    expect(strict.out).toContain('failed to push (GREEDY_STRICT is on)')
   })
 })

@@ -55,6 +55,8 @@ export interface FlakeSpec {
   sleep?: number
   /** An extra package `attic-client` that provides bin/attic (the test double), built at position `clientAt`. */
   clientAt?: number
+  /** Add a derivation that fails at once, independent of the chain; `default` then needs both. */
+  sideFails?: boolean
 }
 
 /** A flake without inputs whose `default` package is the end of a chain of /bin/sh derivations. */
@@ -69,6 +71,10 @@ export function writeFlake(dir: string, spec: FlakeSpec): void {
       `    l${i} = mk "${spec.prefix}-${i}" "${client}echo building link ${i}; sleep ${spec.sleep ?? 0}; ${fail}echo ${i} > $out; ${prev}";`,
     )
   }
+  if (spec.sideFails) {
+    links.push(`    side = mk "${spec.prefix}-side" "echo the side derivation fails >&2; exit 9";`)
+    links.push(`    top = mk "${spec.prefix}-top" "echo \${side} \${l${spec.chain}} > $out";`)
+  }
   const hasClient = spec.clientAt !== undefined
   if (hasClient) fs.copyFileSync(ATTIC_DOUBLE, path.join(dir, 'attic'))
   fs.writeFileSync(
@@ -79,7 +85,7 @@ export function writeFlake(dir: string, spec: FlakeSpec): void {
     mk = name: cmd: derivation { inherit name system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" cmd ]; };
 ${hasClient ? `    attic = derivation { name = "${spec.prefix}-attic-client"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; src = ./attic; args = [ "-c" "mkdir -p $out/bin; cp $src $out/bin/attic; chmod +x $out/bin/attic" ]; };\n` : ''}${links.join('\n')}
   in {
-    packages.\${system} = { default = l${spec.chain}; ${hasClient ? 'attic-client = attic; ' : ''}${Array.from({ length: spec.chain }, (_, i) => `l${i + 1} = l${i + 1};`).join(' ')} };
+    packages.\${system} = { default = ${spec.sideFails ? 'top' : `l${spec.chain}`}; ${hasClient ? 'attic-client = attic; ' : ''}${Array.from({ length: spec.chain }, (_, i) => `l${i + 1} = l${i + 1};`).join(' ')} };
   };
 }
 `,
