@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
-  ATTIC_DOUBLE, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, outPath, readJsonFile, runCmd, tmpDir, uid, writeFlake,
+  ATTIC_DOUBLE, cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, outPath, readJsonFile, runCmd, tmpDir, uid, writeFlake,
 } from './helpers.js'
 import { freePort, startAtticServer, type AtticServer } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
@@ -110,18 +110,11 @@ describe('ATTIC_SERVER end to end (attic client test double)', () => {
     expect(boot.code).toBe(0)
     expect(boot.out).toContain('no attic client yet')
 
-    let buildDone = false
-    const building = greedy(a.env, a.project, 'build', '.#l3', '--', '--option', 'max-jobs', '1').then((r) => {
-      buildDone = true
-      return r
-    })
     // Link 1 reaches the cache while the build is still running: pushed from the backlog, not at the end.
-    const deadline = Date.now() + 60_000
-    while (!inFileCache(t.server.cacheDir, links[0]!) && !buildDone && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
-    expect(buildDone).toBe(false)
-    expect(inFileCache(t.server.cacheDir, links[0]!)).toBe(true)
-    const built = await building
-    expect(built.code).toBe(0)
+    const building = greedy(a.env, a.project, 'build', '.#l3', '--', '--option', 'max-jobs', '1')
+    const { early, result } = await cachedWhileRunning(building, t.server.cacheDir, links[0]!)
+    expect(early).toBe(true)
+    expect(result.code).toBe(0)
     expect(links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true])
     const client = outPath(a.env, a.project, 'attic-client')
     expect(inFileCache(t.server.cacheDir, client)).toBe(true)
@@ -145,15 +138,9 @@ describe('ATTIC_SERVER end to end (attic client test double)', () => {
     writeFlake(a.project, { prefix: t.prefix, chain: 4, sleep: 1 })
     const links = chainPaths(a.env, a.project, 4)
     expect((await greedy(a.env, a.project, 'bootstrap')).code).toBe(0)
-    let buildDone = false
-    const building = greedy(a.env, a.project, 'build').then((r) => {
-      buildDone = true
-      return r
-    })
-    const deadline = Date.now() + 60_000
-    while (!inFileCache(t.server.cacheDir, links[0]!) && !buildDone && Date.now() < deadline) await new Promise((r) => setTimeout(r, 100))
-    expect(buildDone).toBe(false)
-    expect((await building).code).toBe(0)
+    const { early, result } = await cachedWhileRunning(greedy(a.env, a.project, 'build'), t.server.cacheDir, links[0]!)
+    expect(early).toBe(true)
+    expect(result.code).toBe(0)
     expect(links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true, true])
     expect(fs.readFileSync(path.join(a.state, 'watch.log'), 'utf8')).toContain("attic push --stdin ended on its own (error: unexpected argument '--stdin' found")
     const pushed = await greedy(a.env, a.project, 'push')

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
-  chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
+  cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
 } from './helpers.js'
 import { startHttpCache, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
@@ -44,7 +44,9 @@ describe('GREEDY_CACHE_URL end to end', () => {
     const links = chainPaths(a.env, a.project, 6)
 
     expect((await greedy(a.env, a.project, 'bootstrap')).code).toBe(0)
-    const built = await greedy(a.env, a.project, 'build')
+    // Greedy: link 1 is in the cache while links 2-4 are still building.
+    const { early, result: built } = await cachedWhileRunning(greedy(a.env, a.project, 'build'), t.cache, links[0]!)
+    expect(early).toBe(true)
     const plain = await runCmd('nix', ['build', '--keep-going', '--no-link'], { env: a.env, cwd: a.project })
     expect(plain.code).not.toBe(0)
     expect(built.code).toBe(plain.code) // Nix's own exit code, untouched

@@ -152,6 +152,17 @@ export function inFileCache(cacheDir: string, storePath: string): boolean {
   return fs.existsSync(path.join(cacheDir, `${hash}.narinfo`))
 }
 
+/** Whether `storePath` reached the cache while `running` (a build) had not finished yet. */
+export async function cachedWhileRunning(running: Promise<Ran>, cacheDir: string, storePath: string): Promise<{ early: boolean; result: Ran }> {
+  let done = false
+  const finished = running.then((r) => {
+    done = true
+    return r
+  })
+  while (!done && !inFileCache(cacheDir, storePath)) await new Promise((r) => setTimeout(r, 100))
+  return { early: !done, result: await finished }
+}
+
 export function isValid(env: NodeJS.ProcessEnv, storePath: string): boolean {
   return spawnSync('nix-store', ['--check-validity', storePath], { env }).status === 0
 }
