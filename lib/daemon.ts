@@ -105,10 +105,15 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
     draining = draining.then(async () => {
       const token = (await fs.readFile(paths.drainRequest, 'utf8').catch(() => '')).trim()
       const started = Date.now()
-      await watcher.drain()
+      try {
+        await watcher.drain()
+        log(`drained in ${Date.now() - started} ms: ${JSON.stringify(watcher.counts)}`)
+      } catch (err) {
+        // Answer anyway: the caller reports the counts, and the next drain gets a fresh pass.
+        log(`drain incomplete: ${(err as Error).message}`)
+      }
       lastDrain = token
       await writeStatus()
-      log(`drained in ${Date.now() - started} ms: ${JSON.stringify(watcher.counts)}`)
     })
   })
   await new Promise<void>((resolve) => {

@@ -127,7 +127,9 @@ export class StoreWatcher {
     const batch = [...this.candidates]
     this.candidates = new Set()
     // Serialised, so a drain waits for checks already under way.
-    this.checking = this.checking.then(() => this.check(batch))
+    this.checking = this.checking
+      .then(() => this.check(batch))
+      .catch((err: unknown) => this.opts.info?.(`store check failed: ${err instanceof Error ? err.message : String(err)}`))
     return this.checking
   }
 
