@@ -99,6 +99,20 @@ describe('greedy-nix build', () => {
     expect(isValid(j.env, j.links[2]!)).toBe(false)
   })
 
+  it('push pushes the closures of the paths it is given', async () => {
+    const cache = tmpDir('greedy-cli-cache-')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    writeFlake(j.project, { prefix: `pushargs-${uid()}`, chain: 3 })
+    const links = chainPaths(j.env, j.project, 3)
+    expect((await greedy(j.env, j.project, 'bootstrap')).code).toBe(0)
+    expect((await greedy(j.env, j.project, 'watch', 'stop')).code).toBe(0) // pushes only from the final push below
+    expect((await greedy(j.env, j.project, 'build', '--', '--no-link')).code).toBe(0)
+    const r = await greedy(j.env, j.project, 'push', links[1]!)
+    expect(r.code).toBe(0)
+    expect(r.stdout).toMatch(/pushed 0 store paths incrementally, 2 in the final push, 0 failed/)
+    expect(links.map((p) => inFileCache(cache, p))).toEqual([true, true, false])
+  })
+
   it('adds up the counts of several build calls in one job', async () => {
     const j = job()
     writeFlake(j.project, { prefix: `twice-${uid()}`, chain: 2 })
