@@ -77,3 +77,21 @@ export function runAsEntry(name: string, main: (argv: string[]) => Promise<numbe
     },
   )
 }
+
+/**
+ * The installables a CI template hands over in one argument: a JSON array (what GitLab makes of
+ * an array input inside a string, `[".#a", ".#b"]`), a YAML flow list (`[.#a, .#b]`), or words
+ * separated by spaces or newlines. Returns undefined, naming nothing, when it is none of these.
+ */
+export function parseInstallables(text: string): string[] | undefined {
+  const t = text.trim()
+  if (!t.startsWith('[')) return t.split(/\s+/).filter(Boolean)
+  try {
+    const parsed: unknown = JSON.parse(t)
+    if (Array.isArray(parsed) && parsed.every((x) => typeof x === 'string')) return parsed.map((x) => x.trim()).filter(Boolean)
+    return undefined
+  } catch {
+    if (!t.endsWith(']')) return undefined
+    return t.slice(1, -1).split(',').map((x) => x.trim().replace(/^(["'])(.*)\1$/, '$2')).filter(Boolean)
+  }
+}

@@ -134,6 +134,18 @@ export async function publicKeyOf(secretKey: string): Promise<string | undefined
   return r.code === 0 ? r.stdout.trim() || undefined : undefined
 }
 
+/**
+ * The `nix build` arguments of a greedy build: `--out-link result` (the final push looks for
+ * ./result*) and `--keep-going` (one failure must not stop independent work), unless the user's
+ * own arguments already say otherwise.
+ */
+export function nixBuildArgs(installables: readonly string[], nixArgs: readonly string[], keepGoing: boolean): string[] {
+  const args = [...installables, ...nixArgs]
+  if (!nixArgs.some((a) => a === '--out-link' || a === '-o' || a === '--no-link')) args.push('--out-link', 'result')
+  if (keepGoing && !nixArgs.some((a) => a === '--keep-going' || a === '-k')) args.push('--keep-going')
+  return args
+}
+
 export interface BuildOptions {
   /** Installables and any extra nix arguments, as given. */
   args: readonly string[]

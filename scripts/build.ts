@@ -4,10 +4,10 @@
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import { minimist } from 'zx'
-import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { cacheProblem, handledInfoFlags, loadConfig, parseInstallables, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { drainWatcher } from '../lib/control.js'
-import { info, raw, warn } from '../lib/log.js'
-import { build as nixBuild, type BuildResult } from '../lib/nix.js'
+import { error, info, raw, warn } from '../lib/log.js'
+import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
 import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
 import type { BuildSummary } from '../lib/summary.js'
 
@@ -16,7 +16,8 @@ export const buildInfo: CommandInfo = {
   about: 'script: nix build the installables (none: Nix\'s default, ".") with --keep-going and --out-link result\n' +
     '(unless given), showing build logs; count what was built and substituted; drain the watcher;\n' +
     'exit with Nix\'s exit code, whatever happened to the cache.',
-  details: '  --no-keep-going   stop at the first failed derivation (default: keep building independent ones)\n' +
+  details: '  --installables L  more installables, as one argument: a JSON array, [a, b], or words (CI templates use it)\n' +
+    '  --no-keep-going   stop at the first failed derivation (default: keep building independent ones)\n' +
     '  -- nix-args...    passed to nix build as they are (e.g. -- --max-jobs 4 -o out)',
 }
 
@@ -24,14 +25,15 @@ export async function build(argv: string[]): Promise<number> {
   const dashdash = argv.indexOf('--')
   const ours = dashdash === -1 ? argv : argv.slice(0, dashdash)
   const nixArgs = dashdash === -1 ? [] : argv.slice(dashdash + 1)
-  const flags = minimist(ours, { boolean: ['help', 'version', 'verbose', 'strict', 'keep-going'], string: ['state-dir', 'drain-timeout'], default: { 'keep-going': true } })
+  const flags = minimist(ours, { boolean: ['help', 'version', 'verbose', 'strict', 'keep-going'], string: ['state-dir', 'drain-timeout', 'installables'], default: { 'keep-going': true } })
   if (handledInfoFlags(flags, buildInfo)) return 0
   const { config, ok } = loadConfig(flags)
-  const installables = flags._.map(String)
-
-  const args = [...installables, ...nixArgs]
-  if (!nixArgs.some((a) => a === '--out-link' || a === '-o' || a === '--no-link')) args.push('--out-link', 'result')
-  if (flags['keep-going'] && !nixArgs.some((a) => a === '--keep-going' || a === '-k')) args.push('--keep-going')
+  const listed = flags.installables === undefined ? [] : parseInstallables(String(flags.installables))
+  if (listed === undefined) {
+    error(`--installables: ${JSON.stringify(flags.installables)} is not a list of installables (expected a JSON array, [a, b], or words)`)
+    return 2
+  }
+  const args = nixBuildArgs([...flags._.map(String), ...listed], nixArgs, Boolean(flags['keep-going']))
 
   // A cancelled job: stop Nix, then still drain what was built so far.
   const abort = new AbortController()

@@ -1,5 +1,6 @@
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { parseInstallables } from '../../lib/cli.js'
 import { configHelp, parseConfig } from '../../lib/config.js'
 
 const KEY = 'cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY='
@@ -75,5 +76,21 @@ describe('parseConfig', () => {
     for (const v of ['ATTIC_SERVER', 'ATTIC_CACHE', 'ATTIC_TOKEN', 'ATTIC_TOKEN_FILE', 'GREEDY_CACHE_URL', 'GREEDY_SIGNING_KEY',
       'GREEDY_SIGNING_KEY_FILE', 'GREEDY_TRUSTED_PUBLIC_KEYS', 'GREEDY_CLIENT', 'GREEDY_STATE_DIR', 'GREEDY_DRAIN_TIMEOUT',
       'GREEDY_INCLUDE', 'GREEDY_EXCLUDE', 'GREEDY_STRICT']) expect(configHelp()).toContain(v)
+  })
+})
+
+describe('parseInstallables', () => {
+  it.each([
+    ['[".#a",".#b"]', ['.#a', '.#b']],
+    ['[".#a", ".#b^out,dev"]', ['.#a', '.#b^out,dev']],
+    ['[.#a, .#b]', ['.#a', '.#b']],
+    ["['.#a', '.#b']", ['.#a', '.#b']],
+    ['[]', []],
+    ['.#a  .#b\n.#c', ['.#a', '.#b', '.#c']],
+    ['', []],
+  ])('%j → %j', (text, expected) => expect(parseInstallables(text)).toEqual(expected))
+  it('rejects what is no list', () => {
+    expect(parseInstallables('[1, 2')).toBeUndefined()
+    expect(parseInstallables('[1, 2]')).toBeUndefined()
   })
 })

@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parsePushLine } from '../../lib/attic.js'
-import { parseNixVersion, parsePathInfoJson, pathInfoJsonArgs } from '../../lib/nix.js'
+import { nixBuildArgs, parseNixVersion, parsePathInfoJson, pathInfoJsonArgs } from '../../lib/nix.js'
 import { BuildLog, parseNixLogLine } from '../../lib/nixlog.js'
 import { isPushCandidateName, needsPush } from '../../lib/watcher.js'
 
@@ -104,4 +104,12 @@ describe('attic push output', () => {
     ['⚙️ Pushing 3 paths to "main" on "greedy" (0 already cached, 0 in upstream)...', undefined],
     ['🤷 Nothing selected.', undefined],
   ])('%s', (line, expected) => expect(parsePushLine(line)).toEqual(expected))
+})
+
+describe('nix build arguments', () => {
+  it('adds --out-link result and --keep-going unless the user chose otherwise', () => {
+    expect(nixBuildArgs(['.#a'], [], true)).toEqual(['.#a', '--out-link', 'result', '--keep-going'])
+    expect(nixBuildArgs([], ['-o', 'out', '-k'], true)).toEqual(['-o', 'out', '-k'])
+    expect(nixBuildArgs(['.#a'], ['--no-link'], false)).toEqual(['.#a', '--no-link'])
+  })
 })
