@@ -5,16 +5,8 @@ import { randomUUID } from 'node:crypto'
 import fs from 'node:fs'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { WatcherStatus } from './daemon.js'
-import { liveWatcherPid, readJson, type StatePaths } from './state.js'
+import { liveWatcherPid, processAlive, readJson, type StatePaths } from './state.js'
 
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch {
-    return false
-  }
-}
 
 /**
  * Spawn `node <argv…>` as the watcher: own process group, stdin from /dev/null, output to the
@@ -61,7 +53,7 @@ export async function drainWatcher(paths: StatePaths, timeoutS: number, onProgre
   for (;;) {
     const status = await readJson<WatcherStatus>(paths.status)
     if (status?.drained === token) return { state: 'drained', status }
-    if (!alive(pid)) return { state: 'died', status }
+    if (!processAlive(pid)) return { state: 'died', status }
     if (Date.now() >= deadline) return { state: 'timeout', status }
     if (status && onProgress && Date.now() >= nextProgress) {
       onProgress(status)
@@ -82,8 +74,8 @@ export async function stopWatcher(paths: StatePaths, timeoutS: number, onProgres
       // it ended on its own meanwhile
     }
     const deadline = Date.now() + 5_000
-    while (alive(pid) && Date.now() < deadline) await sleep(50)
-    if (alive(pid)) {
+    while (processAlive(pid) && Date.now() < deadline) await sleep(50)
+    if (processAlive(pid)) {
       try {
         process.kill(-pid, 'SIGKILL')
       } catch {

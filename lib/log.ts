@@ -60,6 +60,11 @@ export function stripAnsi(s: string): string {
   return s.replace(/\x1b\[[0-9;?]*[A-Za-z]/g, '')
 }
 
+/** Whether output goes into GitLab log sections (inside a GitLab job). */
+export function sectionsEnabled(): boolean {
+  return options.sections
+}
+
 /**
  * Run `fn` inside a GitLab log section. Details go in collapsed sections; errors and the summary
  * line are printed outside them so they stay visible in a collapsed log.

@@ -158,6 +158,8 @@ export interface BuildOptions {
 
 export interface BuildResult extends BuildCounts {
   exitCode: number
+  /** Nix's error messages (also among the lines given to onLine). */
+  errors: readonly string[]
 }
 
 /** `nix build` with the machine log: prints a readable log and counts built and substituted paths exactly. */
@@ -181,7 +183,7 @@ export function build(opts: BuildOptions): Promise<BuildResult> {
     })
     const finish = (exitCode: number) => {
       opts.signal?.removeEventListener('abort', onAbort)
-      resolve({ exitCode, ...log.counts() })
+      resolve({ exitCode, ...log.counts(), errors: log.errors })
     }
     child.on('error', (err) => {
       opts.onLine(`nix could not be started: ${err.message}`)

@@ -9,6 +9,7 @@ const ACT_SUBSTITUTE = 108
 const RES_BUILD_LOG_LINE = 101
 const RES_POST_BUILD_LOG_LINE = 107
 /** Verbosity levels: messages up to lvlInfo are what plain `nix build` prints. */
+const LVL_ERROR = 0
 const LVL_INFO = 3
 
 export interface NixLogEvent {
@@ -57,6 +58,12 @@ export class BuildLog {
   private readonly builtDrvs = new Set<string>()
   private readonly failedDrvs = new Set<string>()
   private readonly substitutedPaths = new Set<string>()
+  private readonly errorMessages: string[] = []
+
+  /** Nix's error messages so far, to repeat where a collapsed log section would hide them. */
+  get errors(): readonly string[] {
+    return this.errorMessages
+  }
 
   /** Returns the human-readable lines this event stands for (often none). */
   feed(ev: NixLogEvent): string[] {
@@ -82,6 +89,7 @@ export class BuildLog {
       case 'msg': {
         const msg = ev.msg ?? ''
         for (const m of stripAnsi(msg).matchAll(FAILED_DRV)) this.failedDrvs.add(m[1]!)
+        if ((ev.level ?? 0) === LVL_ERROR && msg) this.errorMessages.push(msg)
         return (ev.level ?? 0) <= LVL_INFO && msg ? [msg] : []
       }
       default:

@@ -1,7 +1,7 @@
 // The state folder: how the phases of one job talk to each other. Env exported by a child never
 // reaches the job shell, and after_script is a new shell, so everything lives in files here.
 import fs from 'node:fs/promises'
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
 import path from 'node:path'
 
 export function statePaths(stateDir: string) {
@@ -57,6 +57,28 @@ export function processStartTime(pid: number): string | undefined {
   }
 }
 
+/**
+ * Whether a process runs. A killed process stays a zombie until its parent reaps it, and an
+ * orphaned watcher's new parent may take its time: a zombie counts as gone.
+ */
+export function processAlive(pid: number): boolean {
+  if (existsSync('/proc/self/stat')) {
+    try {
+      const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+      const state = stat.charAt(stat.lastIndexOf(')') + 2)
+      return state !== 'Z' && state !== 'X'
+    } catch {
+      return false
+    }
+  }
+  try {
+    process.kill(pid, 0) // no /proc (not Linux): ask the kernel
+    return true
+  } catch {
+    return false
+  }
+}
+
 export function formatPidFile(pid: number, startTime: string | undefined): string {
   return `${pid}\n${startTime ? `starttime ${startTime}\n` : ''}`
 }
@@ -84,5 +106,15 @@ export async function liveWatcherPid(paths: StatePaths): Promise<number | undefi
   if (!rec) return undefined
   const now = processStartTime(rec.pid)
   if (now === undefined || rec.startTime === undefined) return undefined
-  return now === rec.startTime ? rec.pid : undefined
+  return now === rec.startTime && processAlive(rec.pid) ? rec.pid : undefined
+}
+
+/**
+ * A new job starts (bootstrap): forget the counts of an earlier job that used the same folder
+ * (shell executors may keep the project dir). Left alone while this job's watcher runs.
+ */
+export async function clearJobState(paths: StatePaths): Promise<void> {
+  if ((await liveWatcherPid(paths)) !== undefined) return
+  const stale = [paths.session, paths.status, paths.drainRequest, paths.build, paths.summary, paths.metrics, paths.pid]
+  await Promise.all(stale.map((f) => fs.rm(f, { force: true })))
 }

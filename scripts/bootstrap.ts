@@ -9,7 +9,7 @@ import { startWatcher } from '../lib/control.js'
 import { debug, info, section } from '../lib/log.js'
 import { substituteOnly } from '../lib/nix.js'
 import { configureSubstituter, prepareSession, saveSession, type Session } from '../lib/session.js'
-import { statePaths } from '../lib/state.js'
+import { clearJobState, statePaths } from '../lib/state.js'
 
 export const bootstrapInfo: CommandInfo = {
   usage: 'greedy-nix bootstrap [options]',
@@ -23,11 +23,12 @@ export async function bootstrap(argv: string[]): Promise<number> {
   if (handledInfoFlags(flags, bootstrapInfo)) return 0
   const { config, ok } = loadConfig(flags)
   if (!ok) return 1
+  const paths = statePaths(config.stateDir)
+  await clearJobState(paths).catch(() => {}) // a folder we cannot clean is reported when we write to it
   if (config.backend === 'none') {
     info('no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL): building without a cache')
     return 0
   }
-  const paths = statePaths(config.stateDir)
   try {
     await fs.mkdir(paths.dir, { recursive: true })
   } catch (err) {

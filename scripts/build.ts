@@ -6,7 +6,7 @@ import os from 'node:os'
 import { minimist } from 'zx'
 import { cacheProblem, handledInfoFlags, loadConfig, parseInstallables, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { drainWatcher } from '../lib/control.js'
-import { error, info, raw, warn } from '../lib/log.js'
+import { error, info, raw, section, sectionsEnabled, warn } from '../lib/log.js'
 import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
 import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
 import type { BuildSummary } from '../lib/summary.js'
@@ -45,8 +45,8 @@ export async function build(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   process.once('SIGINT', onSignal)
 
-  info(`nix build ${args.join(' ')}`)
-  const result = await nixBuild({ args, onLine: raw, signal: abort.signal })
+  const result = await section('build', `nix build ${args.join(' ')}`, () => nixBuild({ args, onLine: raw, signal: abort.signal }))
+  if (sectionsEnabled()) result.errors.forEach(raw) // the section is collapsed: errors stay in sight
   info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
   const paths = statePaths(config.stateDir)
   const cacheCode = await recordAndDrain(paths, result, config.drainTimeout, config.strict)

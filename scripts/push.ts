@@ -7,7 +7,7 @@ import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInf
 import { stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'
 import { countFailures, finalPush, resultLinks } from '../lib/final.js'
-import { bold, info, warn } from '../lib/log.js'
+import { bold, info, section, warn } from '../lib/log.js'
 import { loadSession } from '../lib/session.js'
 import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
 import { openMetrics, summaryLine, type BuildSummary, type Summary } from '../lib/summary.js'
@@ -30,10 +30,13 @@ export async function push(argv: string[]): Promise<number> {
 
   const stopped = await stopWatcher(paths, config.drainTimeout, (s) => info(`still pushing: ${s.counts.pending} pending`))
   const status = 'status' in stopped ? stopped.status : await readJson<WatcherStatus>(paths.status)
-  if (stopped.state === 'not-running' && status) info('the watcher was no longer running (the executor ends it with its stage): using its last counts')
+  const alive = stopped.state === 'drained' || stopped.state === 'timeout'
+  if (!alive && status) info(`the watcher ${stopped.state === 'died' ? 'died while draining' : 'was no longer running (the executor ends it with its stage)'}: using its last counts`)
 
   const targets = flags._.length > 0 ? flags._.map(String) : await resultLinks()
-  const final = session ? await finalPush(session, targets, status, FINAL_PUSH_TIMEOUT_MS, info) : { pushed: [], failed: [] }
+  const final = session
+    ? await section('push', 'final push', () => finalPush(session, targets, status, FINAL_PUSH_TIMEOUT_MS, info))
+    : { pushed: [], failed: [] }
 
   const build = await readJson<BuildSummary>(paths.build)
   const failures = countFailures(status, final)
@@ -48,7 +51,7 @@ export async function push(argv: string[]): Promise<number> {
     final: { pushed: final.pushed.length, failed: failures.final },
     build: build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
     failures: failures.list.slice(0, 20),
-    watcherAlive: stopped.state !== 'not-running',
+    watcherAlive: alive,
   }
   for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
   info(bold(summaryLine(summary)))

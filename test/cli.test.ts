@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { chainPaths, greedy, inFileCache, isValid, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, chainPaths, greedy, inFileCache, isValid, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { freePort } from './nginx.js'
 import { formatPidFile, processStartTime } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
@@ -120,6 +120,34 @@ describe('greedy-nix build', () => {
     expect((await greedy(j.env, j.project, 'build', '.#l2')).code).toBe(0)
     expect((await greedy(j.env, j.project, 'push')).code).toBe(0)
     expect(readJsonFile<Summary>(path.join(j.state, 'summary.json')).build).toMatchObject({ exitCode: 0, built: 2, runs: 2 })
+  })
+})
+
+describe('job logs', () => {
+  /** stdout and stderr in one pipe, in order, as a GitLab runner records them. */
+  const merged = (env: NodeJS.ProcessEnv, cwd: string, ...args: string[]) =>
+    runCmd('sh', ['-c', 'exec "$0" "$@" 2>&1', process.execPath, path.join(DIST, 'greedy-nix.mjs'), ...args], { env, cwd })
+
+  it('in a GitLab job, details sit in collapsed sections while errors and the summary stay in sight', async () => {
+    const j = job({ GREEDY_CACHE_URL: `file://${tmpDir('greedy-cli-cache-')}`, GITLAB_CI: 'true' })
+    writeFlake(j.project, { prefix: `sections-${uid()}`, chain: 2, failAt: 2 })
+    const log = (await merged(j.env, j.project, 'bootstrap')).out + (await merged(j.env, j.project, 'build')).out + (await merged(j.env, j.project, 'push')).out
+    const at = (marker: RegExp) => log.search(marker)
+    for (const name of ['bootstrap', 'build', 'push']) {
+      expect(at(new RegExp(`\\x1b\\[0Ksection_start:\\d+:greedy_${name}\\[collapsed=true\\]`))).toBeGreaterThanOrEqual(0)
+      expect(at(new RegExp(`section_end:\\d+:greedy_${name}\\r`))).toBeGreaterThan(0)
+    }
+    const buildEnd = at(/section_end:\d+:greedy_build/)
+    expect(log.lastIndexOf('failed with exit code 7')).toBeGreaterThan(buildEnd) // repeated outside the section
+    expect(at(/pushed 1 store paths incrementally/)).toBeGreaterThan(at(/section_end:\d+:greedy_push/))
+    expect(log).not.toMatch(/\x1b\[3\d/) // NO_COLOR wins over GitLab's colour
+  })
+
+  it('colours GitLab logs (GitLab renders ANSI although TERM=dumb), and nothing else that is not a terminal', async () => {
+    const j = job()
+    const env = { ...j.env, NO_COLOR: undefined, TERM: 'dumb', GREEDY_CACHE_URL: 'nope' }
+    expect((await merged({ ...env, GITLAB_CI: 'true' }, j.project, 'bootstrap')).out).toMatch(/\x1b\[33mgreedy-nix: warning:/)
+    expect((await merged(env, j.project, 'bootstrap')).out).not.toContain('\x1b[')
   })
 })
 

@@ -1,0 +1,155 @@
+// The component in a GitLab pipeline, run by gitlab-ci-local@4.65.1 (shell executor) with real Nix:
+// a throw-away project includes templates/nix-build.yml as a local component and runs its job.
+import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import {
+  ATTIC_DOUBLE, DIST, ROOT, chainPaths, deleteFromStore, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
+  type FlakeSpec, type Ran,
+} from './helpers.js'
+import { freePort, startAtticServer, type AtticServer } from './nginx.js'
+import type { Summary } from '../lib/summary.js'
+
+const GCL = path.join(ROOT, 'node_modules', '.bin', 'gitlab-ci-local')
+const JOB = 'nix-build'
+
+const servers: AtticServer[] = []
+afterEach(async () => {
+  await Promise.all(servers.splice(0).map((s) => s.stop()))
+})
+
+function git(cwd: string, ...args: string[]): void {
+  const r = spawnSync('git', ['-c', 'user.name=greedy', '-c', 'user.email=greedy@example.com', ...args], { cwd, encoding: 'utf8' })
+  if (r.status !== 0) throw new Error(`git ${args.join(' ')}: ${r.stderr}`)
+}
+
+interface Example {
+  project: string
+  state: string
+  /** Write the flake and .gitlab-ci.yml, commit (the component is included at HEAD). */
+  commit(flake: FlakeSpec, extraYaml?: string): void
+  /** One pipeline on a fresh runner: its own HOME and nix.conf; the project folder as GitLab leaves it. */
+  pipeline(env?: NodeJS.ProcessEnv): Promise<Ran & { log: string }>
+}
+
+/** A project with the component as a local component, the bundle vendored, and the given inputs. */
+function example(name: string, inputs: Record<string, string>, env: NodeJS.ProcessEnv = {}): Example {
+  const dir = tmpDir(`greedy-gitlab-${name}-`)
+  const project = path.join(dir, 'project')
+  fs.mkdirSync(path.join(project, 'templates'), { recursive: true })
+  fs.mkdirSync(path.join(project, 'vendor', 'greedy-nix'), { recursive: true })
+  fs.copyFileSync(path.join(ROOT, 'templates', 'nix-build.yml'), path.join(project, 'templates', 'nix-build.yml'))
+  fs.copyFileSync(path.join(DIST, 'greedy-nix.mjs'), path.join(project, 'vendor', 'greedy-nix', 'greedy-nix.mjs'))
+  git(project, 'init', '-q')
+  git(project, 'remote', 'add', 'origin', 'git@gitlab.example.com:greedy/example.git')
+  let runs = 0
+  return {
+    project,
+    state: path.join(project, '.greedy-nix'),
+    commit(flake, extraYaml = '') {
+      writeFlake(project, flake)
+      const lines = Object.entries({ 'job-name': JOB, installables: '[".#default"]', 'script-source': 'vendor/greedy-nix', ...inputs })
+      fs.writeFileSync(
+        path.join(project, '.gitlab-ci.yml'),
+        'include:\n  - component: $CI_SERVER_FQDN/$CI_PROJECT_PATH/nix-build@$CI_COMMIT_SHA\n    inputs:\n' +
+          lines.map(([k, v]) => `      ${k}: ${v}\n`).join('') + extraYaml,
+      )
+      git(project, 'add', '-A')
+      git(project, 'commit', '-qm', `pipeline ${uid()}`)
+    },
+    async pipeline(extra = {}) {
+      // What a fresh checkout does not have: the last job's out-links and state (the cache dir is GitLab's cache).
+      for (const f of fs.readdirSync(project)) if (f.startsWith('result') || f === '.greedy-nix') fs.rmSync(path.join(project, f), { recursive: true })
+      const home = path.join(dir, `runner-${++runs}`)
+      // gitlab-ci-local gives jobs with an image CI_PROJECT_DIR=/builds/… even on the shell executor; a runner gives the checkout.
+      const args = ['--force-shell-executor', '--variable', `CI_PROJECT_DIR=${project}`, JOB]
+      const r = await runCmd(GCL, args, { cwd: project, env: nixEnv(home, { ...env, ...extra }), timeoutMs: 300_000 })
+      const logFile = path.join(project, '.gitlab-ci-local', 'output', `${JOB}.log`)
+      return { ...r, log: fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '' }
+    },
+  }
+}
+
+/** The file:// zero-server setup: cache-url inside the project, signed with a key from a CI variable. */
+function zeroServer(name: string) {
+  const base = nixEnv(tmpDir('greedy-gitlab-keys-'))
+  const [secret] = makeKeys(base, `gitlab-${uid()}`)
+  const ex = example(name, { 'cache-url': 'file://$CI_PROJECT_DIR/.nix-cache' }, { GREEDY_SIGNING_KEY: secret })
+  return { ...ex, cache: path.join(ex.project, '.nix-cache'), secret }
+}
+
+async function atticExample(name: string, opts: { down?: boolean } = {}) {
+  const dir = tmpDir(`greedy-gitlab-${name}-server-`)
+  const base = nixEnv(dir)
+  const [secret, pub] = makeKeys(base, `gitlab-attic-${uid()}`)
+  const keyFile = path.join(dir, 'server-key')
+  fs.writeFileSync(keyFile, secret, { mode: 0o600 })
+  const token = `tok-${uid()}`
+  const server = await startAtticServer(path.join(dir, 'server'), { cache: 'main', token, publicKey: pub })
+  servers.push(server)
+  const bin = path.join(dir, 'bin')
+  fs.mkdirSync(bin)
+  fs.symlinkSync(ATTIC_DOUBLE, path.join(bin, 'attic'))
+  const url = opts.down ? `http://127.0.0.1:${await freePort()}` : server.url
+  const ex = example(name, { 'attic-server': url }, {
+    PATH: `${bin}:${process.env.PATH}`, ATTIC_TOKEN: token, ATTIC_DOUBLE_ROOT: server.root, ATTIC_DOUBLE_SIGNING_KEY_FILE: keyFile,
+  })
+  return { ...ex, cache: server.cacheDir, token, url }
+}
+
+describe('the nix-build component under gitlab-ci-local', () => {
+  it.each(['nix', 'attic'] as const)('%s: pipeline A fails late and caches what it finished; pipeline B resumes from it', async (backend) => {
+    const ex = backend === 'nix' ? zeroServer('ab') : await atticExample('ab')
+    const prefix = `gl-${backend}-${uid()}`
+    ex.commit({ prefix, chain: 5, failAt: 4, sleep: 1 })
+    const links = chainPaths(nixEnv(tmpDir()), ex.project, 5)
+
+    const a = await ex.pipeline()
+    expect(a.code).not.toBe(0) // the job fails with the build
+    expect(a.log).toContain('link 4 fails on purpose')
+    expect(a.out).toContain('Running after script...')
+    expect(a.log).toContain('$ greedy-nix push')
+    expect(a.log).toMatch(/pushed 3 store paths incrementally, 0 in the final push, 0 failed/)
+    expect(links.slice(0, 3).map((p) => inFileCache(ex.cache, p))).toEqual([true, true, true])
+    expect(a.out).not.toContain('secret' in ex ? ex.secret : ex.token)
+
+    deleteFromStore(nixEnv(tmpDir()), links.slice(0, 3))
+    ex.commit({ prefix, chain: 5, sleep: 1 }) // the failure fixed
+    const b = await ex.pipeline()
+    expect(b.code).toBe(0)
+    for (const p of links.slice(0, 3)) expect(b.log).toContain(`copying path '${p}' from`)
+    expect(b.log).not.toContain('building link 1')
+    expect(b.log).toContain('building link 5')
+    expect(readJsonFile<Summary>(path.join(ex.state, 'summary.json')).build).toMatchObject({ exitCode: 0, built: 2, substituted: 3 })
+  })
+
+  it('the watcher killed between script and after_script (docker executor): after_script still succeeds with honest counts', async () => {
+    const ex = zeroServer('killed')
+    ex.commit({ prefix: `gl-killed-${uid()}`, chain: 2 }, `${JOB}:\n  script:\n    - greedy-nix build\n    - kill -9 "$(head -n1 .greedy-nix/watch.pid)"\n`)
+    const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
+    const r = await ex.pipeline()
+    expect(r.code).toBe(0)
+    expect(r.log).toContain('the watcher was no longer running')
+    expect(r.log).toMatch(/pushed 2 store paths incrementally, 0 in the final push, 0 failed/)
+    expect(readJsonFile<Summary>(path.join(ex.state, 'summary.json'))).toMatchObject({ watcherAlive: false, incremental: { pushed: 2 } })
+    expect(links.map((p) => inFileCache(ex.cache, p))).toEqual([true, true])
+  })
+
+  it('a cache server that is down: the job result is the build result, failed or green', async () => {
+    const closed = await freePort()
+    const failing = example('down-nix', { 'cache-url': `http://127.0.0.1:${closed}` })
+    failing.commit({ prefix: `gl-down-${uid()}`, chain: 2, failAt: 2 })
+    const f = await failing.pipeline()
+    expect(f.code).not.toBe(0)
+    expect(f.log).toContain('link 2 fails on purpose')
+    expect(f.log).toContain(`http://127.0.0.1:${closed} did not answer (ECONNREFUSED)`)
+
+    const green = await atticExample('down-attic', { down: true })
+    green.commit({ prefix: `gl-down-${uid()}`, chain: 2 })
+    const g = await green.pipeline()
+    expect(g.code).toBe(0)
+    expect(g.log).toContain(`no attic server answered: ${green.url} (ECONNREFUSED)`)
+    expect(g.log).toContain('building link 2')
+  })
+})
