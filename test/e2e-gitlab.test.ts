@@ -8,13 +8,13 @@ import {
   ATTIC_DOUBLE, DIST, ROOT, chainPaths, deleteFromStore, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
   type FlakeSpec, type Ran,
 } from './helpers.js'
-import { freePort, startAtticServer, type AtticServer } from './nginx.js'
+import { freePort, startAtticServer, startNginx, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
 const GCL = path.join(ROOT, 'node_modules', '.bin', 'gitlab-ci-local')
 const JOB = 'nix-build'
 
-const servers: AtticServer[] = []
+const servers: Nginx[] = []
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.stop()))
 })
@@ -151,5 +151,21 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(g.code).toBe(0)
     expect(g.log).toContain(`no attic server answered: ${green.url} (ECONNREFUSED)`)
     expect(g.log).toContain('building link 2')
+  })
+
+  it('script-source: the bundle from an npm package and from an http(s) folder', async () => {
+    const packs = tmpDir('greedy-gitlab-pack-')
+    const packed = await runCmd('npm', ['pack', '--silent', '--pack-destination', packs], { cwd: ROOT, env: process.env })
+    expect(packed.code).toBe(0)
+    const tarball = path.join(packs, packed.stdout.trim().split('\n').pop()!)
+    const web = await startNginx(tmpDir('greedy-gitlab-web-'), `    location / { root ${DIST}; }`)
+    servers.push(web)
+    for (const source of [`npm:${tarball}`, `${web.url}/`]) {
+      const ex = example('source', { 'script-source': `"${source}"`, 'cache-url': 'file://$CI_PROJECT_DIR/.nix-cache' })
+      ex.commit({ prefix: `gl-source-${uid()}`, chain: 1 })
+      const r = await ex.pipeline()
+      expect(r.code, r.out).toBe(0)
+      expect(r.log).toMatch(/pushed 1 store paths incrementally/)
+    }
   })
 })

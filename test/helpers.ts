@@ -31,7 +31,10 @@ export function nixEnv(dir: string, extra: NodeJS.ProcessEnv = {}): NodeJS.Proce
     path.join(conf, 'nix.conf'),
     ['experimental-features = nix-command flakes', 'build-users-group =', 'substituters =', 'sandbox = false', ''].join('\n'),
   )
+  // The machine's TLS setup (a corporate or sandbox CA) is kept: npm and fetch need it.
+  const tls = Object.fromEntries(Object.entries(process.env).filter(([k]) => /^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|NIX_SSL_CERT_FILE)$/.test(k)))
   const env: NodeJS.ProcessEnv = {
+    ...tls,
     PATH: process.env.PATH,
     HOME: dir,
     NIX_CONF_DIR: conf,
