@@ -3,6 +3,7 @@
 import { spawnSync } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
+import yaml from 'js-yaml'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
   ATTIC_DOUBLE, DIST, ROOT, chainPaths, deleteFromStore, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
@@ -124,16 +125,51 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(readJsonFile<Summary>(path.join(ex.state, 'summary.json')).build).toMatchObject({ exitCode: 0, built: 2, substituted: 3 })
   })
 
-  it('the watcher killed between script and after_script (docker executor): after_script still succeeds with honest counts', async () => {
-    const ex = zeroServer('killed')
+  it.each(['nix', 'attic'] as const)('%s: the watcher killed between script and after_script (docker executor): after_script still succeeds with honest counts', async (backend) => {
+    const ex = backend === 'nix' ? zeroServer('killed') : await atticExample('killed')
     ex.commit({ prefix: `gl-killed-${uid()}`, chain: 2 }, `${JOB}:\n  script:\n    - greedy-nix build\n    - kill -9 "$(head -n1 .greedy-nix/watch.pid)"\n`)
     const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
     const r = await ex.pipeline()
     expect(r.code).toBe(0)
     expect(r.log).toContain('the watcher was no longer running')
+    expect(r.log).toContain('final push of 1 path(s) and their closures') // ./result, which the cache already has
     expect(r.log).toMatch(/pushed 2 store paths incrementally, 0 in the final push, 0 failed/)
     expect(readJsonFile<Summary>(path.join(ex.state, 'summary.json'))).toMatchObject({ watcherAlive: false, incremental: { pushed: 2 } })
     expect(links.map((p) => inFileCache(ex.cache, p))).toEqual([true, true])
+  })
+
+  it('the hidden job .nix-build-base from the include file does the same', async () => {
+    const ex = zeroServer('base')
+    fs.mkdirSync(path.join(ex.project, 'include'))
+    fs.copyFileSync(path.join(ROOT, 'include', 'nix-build-base.yml'), path.join(ex.project, 'include', 'nix-build-base.yml'))
+    ex.commit({ prefix: `gl-base-${uid()}`, chain: 2, failAt: 2 }, '')
+    fs.writeFileSync(
+      path.join(ex.project, '.gitlab-ci.yml'),
+      'include:\n  - local: include/nix-build-base.yml\n' +
+        `${JOB}:\n  extends: .nix-build-base\n  variables:\n    GREEDY_SCRIPT_SOURCE: vendor/greedy-nix\n    GREEDY_CACHE_URL: file://$CI_PROJECT_DIR/.nix-cache\n  script:\n    - greedy-nix build .#default\n`,
+    )
+    git(ex.project, 'commit', '-qam', 'use the include file')
+    const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
+    const r = await ex.pipeline()
+    expect(r.code).not.toBe(0)
+    expect(r.log).toContain('link 2 fails on purpose')
+    expect(r.log).toMatch(/pushed 1 store paths incrementally/)
+    expect(inFileCache(ex.cache, links[0]!)).toBe(true)
+  })
+
+  it("the project's own pipeline expands and validates, with the component dogfooded on this commit", async () => {
+    const dir = tmpDir('greedy-gitlab-self-')
+    for (const f of ['.gitlab-ci.yml', 'templates', 'include', 'example']) fs.cpSync(path.join(ROOT, f), path.join(dir, f), { recursive: true })
+    git(dir, 'init', '-q')
+    git(dir, 'remote', 'add', 'origin', 'git@gitlab.example.com:greedy-nix/greedy-nix.git')
+    git(dir, 'add', '-A')
+    git(dir, 'commit', '-qm', 'self')
+    const r = await runCmd(GCL, ['--preview'], { cwd: dir, env: nixEnv(tmpDir()) })
+    expect(r.code, r.out).toBe(0)
+    const expanded = yaml.load(r.stdout.slice(r.stdout.indexOf('---'))) as Record<string, Record<string, unknown>>
+    expect(Object.keys(expanded)).toEqual(expect.arrayContaining(['lint', 'test', 'bundles', 'example:greedy', 'npm:publish', 'release']))
+    expect(expanded['example:greedy']).toMatchObject({ needs: [{ job: 'bundles' }], interruptible: true })
+    expect(JSON.stringify(expanded['example:greedy']!.script)).toContain('./example#default')
   })
 
   it('a cache server that is down: the job result is the build result, failed or green', async () => {
