@@ -21,8 +21,10 @@ export interface Config {
   /** A token value (from ATTIC_TOKEN). Never logged, never put on a command line. */
   atticToken?: string
   atticTokenFile?: string
-  /** A Nix store URL for the `nix` backend. */
+  /** A Nix store URL for the `nix` backend, without credentials (they are in cacheCredentials). */
   cacheUrl?: string
+  /** user:password taken out of an http(s) GREEDY_CACHE_URL: they go to a 0600 netrc file, never to argv or logs. */
+  cacheCredentials?: { login: string; password: string }
   /** A secret signing key value (from GREEDY_SIGNING_KEY). Never logged or put on a command line. */
   signingKey?: string
   signingKeyFile?: string
@@ -62,9 +64,9 @@ export const VARIABLES = {
 export type Variable = keyof typeof VARIABLES
 
 const trimmed = z.string().trim()
-const httpUrl = trimmed.refine((s) => /^https?:$/.test(safeUrl(s)?.protocol ?? ''), {
-  error: 'expected an http:// or https:// URL',
-})
+const httpUrl = trimmed
+  .refine((s) => /^https?:$/.test(safeUrl(s)?.protocol ?? ''), { error: 'expected an http:// or https:// URL' })
+  .refine((s) => !hasCredentials(s), { error: 'expected a URL without user:password (the token goes in ATTIC_TOKEN)', abort: true })
 const STORE_SCHEMES = ['file:', 'http:', 'https:', 's3:', 'ssh:', 'ssh-ng:']
 const storeUrl = trimmed.refine((s) => STORE_SCHEMES.includes(safeUrl(s)?.protocol ?? ''), {
   error: `expected a Nix store URL with scheme ${STORE_SCHEMES.map((s) => s.replace(':', '://')).join(', ')}`,
@@ -86,7 +88,14 @@ const PARSERS = {
   ATTIC_CACHE: trimmed.regex(/^[A-Za-z0-9._-]+$/, { error: 'expected a cache name of letters, digits, ".", "_" or "-"' }),
   ATTIC_TOKEN: z.string(),
   ATTIC_TOKEN_FILE: trimmed,
-  GREEDY_CACHE_URL: storeUrl,
+  GREEDY_CACHE_URL: storeUrl.transform((s) => {
+    const url = new URL(s)
+    if (!hasCredentials(s) || !/^https?:$/.test(url.protocol)) return { url: s }
+    const credentials = { login: decodeURIComponent(url.username), password: decodeURIComponent(url.password) }
+    url.username = ''
+    url.password = ''
+    return { url: url.href, credentials }
+  }),
   GREEDY_SIGNING_KEY: trimmed.regex(/^[^:\s]+:\S+$/, { error: 'expected a secret key of the form name:base64' }),
   GREEDY_SIGNING_KEY_FILE: trimmed,
   GREEDY_TRUSTED_PUBLIC_KEYS: trimmed.transform(list).pipe(z.array(publicKey)),
@@ -127,7 +136,7 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     if (parsed.success) {
       ;(values as Record<string, unknown>)[name] = parsed.data
     } else {
-      const shown = SECRET.has(name) ? '' : ` ${JSON.stringify(rawValue)}`
+      const shown = SECRET.has(name) ? '' : ` ${JSON.stringify(redactUrls(rawValue))}`
       const source = fromFlag !== undefined ? `--${flag}` : name
       errors.push(`${source}:${shown} ${parsed.error.issues[0]?.message ?? 'invalid'}`)
     }
@@ -150,7 +159,8 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     atticCache: values.ATTIC_CACHE ?? 'main',
     atticToken: values.ATTIC_TOKEN,
     atticTokenFile: values.ATTIC_TOKEN_FILE && path.resolve(cwd, values.ATTIC_TOKEN_FILE),
-    cacheUrl: values.GREEDY_CACHE_URL,
+    cacheUrl: values.GREEDY_CACHE_URL?.url,
+    cacheCredentials: values.GREEDY_CACHE_URL?.credentials,
     signingKey: values.GREEDY_SIGNING_KEY,
     signingKeyFile: values.GREEDY_SIGNING_KEY_FILE && path.resolve(cwd, values.GREEDY_SIGNING_KEY_FILE),
     trustedPublicKeys: values.GREEDY_TRUSTED_PUBLIC_KEYS ?? [],
@@ -168,6 +178,16 @@ function flagString(v: unknown): string {
   if (typeof v === 'boolean') return v ? '1' : '0'
   if (Array.isArray(v)) return flagString(v[v.length - 1])
   return String(v)
+}
+
+function hasCredentials(s: string): boolean {
+  const url = safeUrl(s)
+  return url !== undefined && (url.username !== '' || url.password !== '')
+}
+
+/** `scheme://user:password@host` → `scheme://***@host`, for anything printed. */
+export function redactUrls(text: string): string {
+  return text.replace(/(\b[a-z][a-z0-9+.-]*:\/\/)[^\s/@]+@/gi, '$1***@')
 }
 
 function safeUrl(s: string): URL | undefined {

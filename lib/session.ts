@@ -135,7 +135,14 @@ async function prepareNix(config: Config, paths: StatePaths, common: Common, onP
     skipKeyNames: [...publicKeys.map((k) => k.split(':')[0]!), ...UPSTREAM_KEY_NAMES],
     ...common,
   }
-  return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys } }
+  // user:password from the URL reach Nix through a private netrc (uploads and substitution), never argv.
+  let netrc: string | undefined
+  if (config.cacheCredentials) {
+    netrc = path.join(paths.secrets, 'netrc')
+    const { login, password } = config.cacheCredentials
+    await writePrivate(netrc, `machine ${url.hostname} login ${login} password ${password}\n`)
+  }
+  return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys, netrc } }
 }
 
 /** Make every later `nix` command of the job substitute from the cache (user nix.conf). */

@@ -135,12 +135,14 @@ export async function startAtticServer(dir: string, opts: { cache: string; token
   return { ...nginx, root, cacheDir, publicKey: opts.publicKey }
 }
 
-/** A plain HTTP binary cache (GET and PUT), as `nix copy --to http://…` expects. */
-export async function startHttpCache(dir: string): Promise<Nginx & { cacheDir: string }> {
+/** A plain HTTP binary cache (GET and PUT), as `nix copy --to http://…` expects; with basic auth if asked. */
+export async function startHttpCache(dir: string, auth?: { login: string; password: string }): Promise<Nginx & { cacheDir: string }> {
   const cacheDir = path.join(dir, 'http-cache')
   fs.mkdirSync(cacheDir, { recursive: true })
+  const basic = auth && Buffer.from(`${auth.login}:${auth.password}`).toString('base64')
   const nginx = await startNginx(dir, `
     location / {
+      ${basic ? `if ($http_authorization != "Basic ${basic}") { return 401; }` : ''}
       root ${cacheDir};
       dav_methods PUT;
       create_full_put_path on;

@@ -55,6 +55,14 @@ describe('parseConfig', () => {
     expect(errors).toEqual(['GREEDY_SIGNING_KEY: expected a secret key of the form name:base64'])
   })
 
+  it('takes user:password out of an http(s) GREEDY_CACHE_URL (they go to a netrc, not argv)', () => {
+    const { config, errors } = parseConfig({ GREEDY_CACHE_URL: 'https://ci:p%40ss@cache.example.com/nix?priority=30' })
+    expect(errors).toEqual([])
+    expect(config.cacheUrl).toBe('https://cache.example.com/nix?priority=30')
+    expect(config.cacheCredentials).toEqual({ login: 'ci', password: 'p@ss' })
+    expect(parseConfig({ GREEDY_CACHE_URL: 'ssh-ng://builder@host' }).config).toMatchObject({ cacheUrl: 'ssh-ng://builder@host', cacheCredentials: undefined })
+  })
+
   it('names the flag when a flag carries the bad value', () => {
     expect(parseConfig({}, { 'cache-url': 'nope' }).errors[0]).toMatch(/^--cache-url: "nope"/)
   })
