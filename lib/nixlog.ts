@@ -3,10 +3,13 @@
 import { stripAnsi } from './log.js'
 
 /** Activity types, from Nix's logging.hh (stable since Nix 2.0). */
+const ACT_COPY_PATHS = 103 // the substitutions of one build, with a done/expected/running/failed progress
+const ACT_BUILDS = 104 // the builds of one build, with the same progress
 const ACT_BUILD = 105
 const ACT_SUBSTITUTE = 108
 /** Result types. */
 const RES_BUILD_LOG_LINE = 101
+const RES_PROGRESS = 105
 const RES_POST_BUILD_LOG_LINE = 107
 /** Verbosity levels: messages up to lvlInfo are what plain `nix build` prints. */
 const LVL_ERROR = 0
@@ -59,6 +62,8 @@ export class BuildLog {
   private readonly failedDrvs = new Set<string>()
   private readonly substitutedPaths = new Set<string>()
   private readonly errorMessages: string[] = []
+  /** Nix's own progress counters: [done, expected, running, failed] per ACT_BUILDS / ACT_COPY_PATHS activity. */
+  private readonly progress = new Map<number, { type: number; fields: number[] }>()
 
   /** Nix's error messages so far, to repeat where a collapsed log section would hide them. */
   get errors(): readonly string[] {
@@ -75,10 +80,14 @@ export class BuildLog {
           this.builtDrvs.add(f[0])
         } else if (ev.type === ACT_SUBSTITUTE && typeof f[0] === 'string') {
           this.substitutedPaths.add(f[0])
+        } else if ((ev.type === ACT_BUILDS || ev.type === ACT_COPY_PATHS) && ev.id !== undefined) {
+          this.progress.set(ev.id, { type: ev.type, fields: [] })
         }
         return ev.text && (ev.level ?? 0) <= LVL_INFO ? [ev.text] : []
       }
       case 'result': {
+        const counter = ev.id === undefined ? undefined : this.progress.get(ev.id)
+        if (counter && ev.type === RES_PROGRESS) counter.fields = (ev.fields ?? []).map(Number)
         const drv = ev.id === undefined ? undefined : this.builds.get(ev.id)
         const line = ev.fields?.[0]
         if (drv && (ev.type === RES_BUILD_LOG_LINE || ev.type === RES_POST_BUILD_LOG_LINE) && typeof line === 'string') {
@@ -97,9 +106,21 @@ export class BuildLog {
     }
   }
 
+  /**
+   * Nix's own counters when it reported them (they leave out builds and downloads that were
+   * interrupted); else the activities seen, minus the builds reported failed.
+   */
   counts(): BuildCounts {
-    let built = 0
-    for (const drv of this.builtDrvs) if (!this.failedDrvs.has(drv)) built++
-    return { built, substituted: this.substitutedPaths.size, failed: this.failedDrvs.size }
+    const sum = (type: number, field: number): number | undefined => {
+      const counters = [...this.progress.values()].filter((c) => c.type === type && c.fields.length === 4)
+      return counters.length ? counters.reduce((n, c) => n + (c.fields[field] ?? 0), 0) : undefined
+    }
+    let seenBuilt = 0
+    for (const drv of this.builtDrvs) if (!this.failedDrvs.has(drv)) seenBuilt++
+    return {
+      built: sum(ACT_BUILDS, 0) ?? seenBuilt,
+      substituted: sum(ACT_COPY_PATHS, 0) ?? this.substitutedPaths.size,
+      failed: sum(ACT_BUILDS, 3) ?? this.failedDrvs.size,
+    }
   }
 }

@@ -1,6 +1,9 @@
 // The job's result in three forms: one log line, summary.json, and OpenMetrics for
 // GitLab's `artifacts:reports:metrics`.
+import fs from 'node:fs/promises'
 import type { Backend } from './config.js'
+import type { BuildCounts } from './nixlog.js'
+import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
 
 export interface PushCounts {
   pushed: number
@@ -24,6 +27,20 @@ export interface Summary {
   failures: Array<{ path: string; error: string }>
   /** Whether the watcher was still alive for after_script (it is not under the docker executor). */
   watcherAlive: boolean
+}
+
+/** Add one `build` run to <state>/build.json: a script may call build several times in a job. */
+export async function recordBuild(paths: StatePaths, run: BuildCounts & { exitCode: number }): Promise<BuildSummary> {
+  await fs.mkdir(paths.dir, { recursive: true })
+  const prev = await readJson<BuildSummary>(paths.build)
+  const next: BuildSummary = {
+    exitCode: run.exitCode,
+    built: (prev?.built ?? 0) + run.built,
+    substituted: (prev?.substituted ?? 0) + run.substituted,
+    runs: (prev?.runs ?? 0) + 1,
+  }
+  await writeJsonAtomic(paths.build, next)
+  return next
 }
 
 /** Substituted / (built + substituted): how much of the work the cache saved. */

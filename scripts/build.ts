@@ -1,15 +1,15 @@
 #!/usr/bin/env node
 // script: nix build, greedily (--keep-going), then drain the watcher so this stage's work is in
 // the cache before the stage ends (the docker executor kills the watcher then). Exits with Nix's code.
-import fs from 'node:fs/promises'
 import os from 'node:os'
 import { minimist } from 'zx'
 import { cacheProblem, handledInfoFlags, loadConfig, parseInstallables, runAsEntry, type CommandInfo } from '../lib/cli.js'
-import { drainWatcher } from '../lib/control.js'
+import { drainWatcher, stopWatcher } from '../lib/control.js'
+import type { WatcherStatus } from '../lib/daemon.js'
 import { error, info, raw, section, sectionsEnabled, warn } from '../lib/log.js'
 import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
-import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
-import type { BuildSummary } from '../lib/summary.js'
+import { statePaths } from '../lib/state.js'
+import { recordBuild } from '../lib/summary.js'
 
 export const buildInfo: CommandInfo = {
   usage: 'greedy-nix build [installable...] [options] [-- nix-args...]',
@@ -35,7 +35,7 @@ export async function build(argv: string[]): Promise<number> {
   }
   const args = nixBuildArgs([...flags._.map(String), ...listed], nixArgs, Boolean(flags['keep-going']))
 
-  // A cancelled job: stop Nix, then still drain what was built so far.
+  // A cancelled job: stop Nix, push what was built so far within a short budget, end the watcher.
   const abort = new AbortController()
   let signalled: NodeJS.Signals | undefined
   const onSignal = (sig: NodeJS.Signals) => {
@@ -49,30 +49,23 @@ export async function build(argv: string[]): Promise<number> {
   if (sectionsEnabled()) result.errors.forEach(raw) // the section is collapsed: errors stay in sight
   info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
   const paths = statePaths(config.stateDir)
-  const cacheCode = await recordAndDrain(paths, result, config.drainTimeout, config.strict)
+  const budget = signalled ? Math.min(config.drainTimeout, CANCEL_BUDGET_S) : config.drainTimeout
+  const cacheCode = await recordAndDrain(paths, result, budget, config.strict, signalled !== undefined)
 
   if (signalled) return 128 + os.constants.signals[signalled]
   if (result.exitCode !== 0) return result.exitCode
   return ok ? cacheCode : 1
 }
 
-/** Add this run to build.json (a script may call build several times) and drain the watcher. */
-async function recordAndDrain(paths: ReturnType<typeof statePaths>, r: BuildResult, timeoutS: number, strict: boolean): Promise<number> {
-  try {
-    await fs.mkdir(paths.dir, { recursive: true })
-    const prev = await readJson<BuildSummary>(paths.build)
-    const next: BuildSummary = {
-      exitCode: r.exitCode,
-      built: (prev?.built ?? 0) + r.built,
-      substituted: (prev?.substituted ?? 0) + r.substituted,
-      runs: (prev?.runs ?? 0) + 1,
-    }
-    await writeJsonAtomic(paths.build, next)
-  } catch (err) {
-    warn(`cannot record build counts in ${paths.build}: ${(err as Error).message}`)
-  }
+/** Seconds a cancelled build still gives the cache before it ends the watcher (the runner's SIGKILL follows). */
+const CANCEL_BUDGET_S = 20
+
+/** Add this run to build.json (a script may call build several times) and drain the watcher (or stop it: cancelled). */
+async function recordAndDrain(paths: ReturnType<typeof statePaths>, r: BuildResult, timeoutS: number, strict: boolean, stop: boolean): Promise<number> {
+  await recordBuild(paths, r).catch((err: Error) => warn(`cannot record build counts in ${paths.build}: ${err.message}`))
   const started = Date.now()
-  const d = await drainWatcher(paths, timeoutS, (s) => info(`waiting for the cache: ${s.counts.pending} path(s) still pushing`))
+  const progress = (s: WatcherStatus) => info(`waiting for the cache: ${s.counts.pending} path(s) still pushing`)
+  const d = await (stop ? stopWatcher : drainWatcher)(paths, timeoutS, progress)
   if (d.state === 'not-running') return 0
   const c = d.status?.counts
   const summary = c ? `${c.pushed} pushed so far, ${c.failed} failed, ${c.pending} pending` : 'no counts'

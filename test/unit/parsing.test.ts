@@ -81,6 +81,27 @@ describe('Nix internal-json build log', () => {
     expect(lines.some((l) => l.includes('querying info'))).toBe(false) // debug-level noise stays out
   })
 
+  it("takes Nix's own progress counters when it reports them (recorded: 2 substituted, 1 built, 1 failed)", () => {
+    const log = new BuildLog()
+    const text = fs.readFileSync(path.join(import.meta.dirname, '..', 'fixtures', 'nix-2.8-substitute-build-fail.txt'), 'utf8')
+    for (const l of text.split('\n')) {
+      const ev = parseNixLogLine(l)
+      if (ev) log.feed(ev)
+    }
+    expect(log.counts()).toEqual({ built: 1, substituted: 2, failed: 1 })
+  })
+
+  it('leaves an interrupted build out of the built count', () => {
+    const log = new BuildLog()
+    const drv = '/nix/store/2v93068ysc3viaxhlvy85r5vdg6m5nja-b.drv'
+    log.feed({ action: 'start', id: 7, type: 104, level: 0, text: '' })
+    log.feed({ action: 'result', id: 7, type: 105, fields: [0, 2, 1, 0] })
+    log.feed({ action: 'start', id: 8, type: 105, level: 3, text: `building '${drv}'`, fields: [drv, '', 1, 1] })
+    log.feed({ action: 'msg', level: 0, msg: 'error: interrupted by the user' })
+    expect(log.counts()).toMatchObject({ built: 0, failed: 0 })
+    expect(log.errors).toEqual(['error: interrupted by the user'])
+  })
+
   it('recognises the failure message of newer Nix', () => {
     const log = new BuildLog()
     const drv = '/nix/store/2v93068ysc3viaxhlvy85r5vdg6m5nja-b.drv'
