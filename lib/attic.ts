@@ -114,12 +114,13 @@ export interface PushOutcome {
 }
 
 /** `attic push CACHE paths…` in one bounded run (pushes closures; the server skips what it has). */
-export async function pushPaths(client: string, cache: string, paths: readonly string[], opts: { env: NodeJS.ProcessEnv; timeoutMs: number }): Promise<PushOutcome> {
+export async function pushPaths(client: string, cache: string, paths: readonly string[], opts: { env: NodeJS.ProcessEnv; timeoutMs: number; signal?: AbortSignal }): Promise<PushOutcome> {
   const pushed: string[] = []
   const failed: PushOutcome['failed'] = []
   const r = await run(client, ['push', cache, ...paths], {
     env: opts.env,
     timeoutMs: opts.timeoutMs,
+    signal: opts.signal,
     onStderrLine: (line) => {
       const p = parsePushLine(line)
       if (p?.ok) pushed.push(p.path)

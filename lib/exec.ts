@@ -11,6 +11,8 @@ export interface RunOptions {
   cwd?: string
   /** Called for every complete stderr line as it arrives (progress, per-path results). */
   onStderrLine?: (line: string) => void
+  /** Aborting kills the whole process group at once (the caller is shutting down). */
+  signal?: AbortSignal
 }
 
 export interface RunResult {
@@ -47,6 +49,9 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
             timedOut = true
             killGroup(child, 'SIGKILL')
           }, opts.timeoutMs)
+    const onAbort = () => killGroup(child, 'SIGKILL')
+    if (opts.signal?.aborted) onAbort()
+    else opts.signal?.addEventListener('abort', onAbort, { once: true })
     child.stdout!.setEncoding('utf8').on('data', (d: string) => (stdout += d))
     const onLine = opts.onStderrLine
     let partial = ''
@@ -61,10 +66,12 @@ export function run(cmd: string, args: readonly string[], opts: RunOptions = {})
     child.stdin!.end(opts.input ?? '')
     child.on('error', (err) => {
       clearTimeout(timer)
+      opts.signal?.removeEventListener('abort', onAbort)
       resolve({ code: 127, signal: null, stdout, stderr: stderr + String(err), timedOut })
     })
     child.on('close', (code, signal) => {
       clearTimeout(timer)
+      opts.signal?.removeEventListener('abort', onAbort)
       if (onLine && partial) onLine(partial)
       resolve({ code, signal, stdout, stderr, timedOut })
     })

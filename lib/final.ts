@@ -24,8 +24,10 @@ export async function finalPush(session: Session, targets: readonly string[], st
   if (session.backend === 'nix' && session.nix) {
     const r = await copyTo(session.nix.url, paths, { timeoutMs })
     if (r.code === 0) return { pushed: r.copied, failed: [] }
+    // Nix names a path when it starts copying it, not when the copy succeeded: after a failure,
+    // claim nothing as pushed.
     const error = describeFailure(r, 'nix copy', timeoutMs)
-    return { pushed: r.copied, failed: paths.map((p) => ({ path: p, error })) }
+    return { pushed: [], failed: paths.map((p) => ({ path: p, error })) }
   }
   const client = status?.client ?? session.client
   if (!session.attic || !client) {

@@ -97,16 +97,24 @@ export async function invalidPaths(paths: readonly string[], timeoutMs = 60_000)
 }
 
 export interface CopyResult extends RunResult {
-  /** Paths Nix reported copying (paths already in the target are not listed). */
+  /** Paths Nix started copying (paths already in the target are not listed); all copied only when code is 0. */
   copied: string[]
 }
 
 /** `nix copy --to URL paths…`, bounded: against a failing HTTP cache Nix itself retries for minutes. */
-export async function copyTo(url: string, paths: readonly string[], opts: { timeoutMs: number; env?: NodeJS.ProcessEnv }): Promise<CopyResult> {
+/**
+ * How `nix copy` talks to an HTTP cache. One try: Nix 2.8 retries an upload without its body and
+ * then waits for the stall timeout (seen here), so we retry with a fresh `nix copy` instead. A
+ * server that accepts and never answers costs 30 s, not the 300 s default.
+ */
+const COPY_OPTIONS = ['--option', 'download-attempts', '1', '--option', 'connect-timeout', '10', '--option', 'stalled-download-timeout', '30']
+
+export async function copyTo(url: string, paths: readonly string[], opts: { timeoutMs: number; env?: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<CopyResult> {
   const copied: string[] = []
-  const r = await run('nix', ['copy', '--to', url, ...paths], {
+  const r = await run('nix', ['copy', ...COPY_OPTIONS, '--to', url, ...paths], {
     timeoutMs: opts.timeoutMs,
     env: opts.env,
+    signal: opts.signal,
     onStderrLine: (line) => {
       const m = /^copying path '([^']+)' to /.exec(line.trim())
       if (m) copied.push(m[1]!)

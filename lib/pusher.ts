@@ -1,8 +1,10 @@
 // Push sinks: where the watcher hands valid store paths. Each sink reports every path it was
 // given exactly once as pushed, already cached, or failed, so a drain knows when it is done.
+import { setTimeout as sleep } from 'node:timers/promises'
 import { AtticPushSession, pushPaths, type PushLine } from './attic.js'
 import { describeFailure, errorLine } from './exec.js'
 import { copyTo } from './nix.js'
+import { backoffMs, classifyError, MAX_ATTEMPTS } from './retry.js'
 
 export type Settled =
   | { path: string; status: 'pushed' }
@@ -71,6 +73,8 @@ class Batcher {
 /** `nix copy --to URL`, in batches: one process per batch, not per path. */
 export class NixCopySink implements PushSink {
   private readonly batcher = new Batcher((batch) => this.copy(batch))
+  /** Ends the copies under way when the watcher stops: none may outlive it. */
+  private readonly stopping = new AbortController()
 
   constructor(
     private readonly url: string,
@@ -88,22 +92,35 @@ export class NixCopySink implements PushSink {
 
   kill(): void {
     this.batcher.kill()
+    this.stopping.abort()
   }
 
+  /** One batch: retried whole while failures look transient; split to find the path a server refuses. */
   private async copy(batch: string[]): Promise<void> {
-    const r = await copyTo(this.url, batch, { timeoutMs: this.opts.runTimeoutMs, env: this.env })
-    if (r.code === 0) {
-      const copied = new Set(r.copied)
-      for (const p of batch) this.opts.onSettled({ path: p, status: copied.has(p) ? 'pushed' : 'cached' })
-      return
+    for (let attempt = 1; ; attempt++) {
+      if (this.stopping.signal.aborted) return
+      const r = await copyTo(this.url, batch, { timeoutMs: this.opts.runTimeoutMs, env: this.env, signal: this.stopping.signal })
+      if (this.stopping.signal.aborted) return // stopped: unsettled, not failed
+      if (r.code === 0) {
+        const copied = new Set(r.copied)
+        for (const p of batch) this.opts.onSettled({ path: p, status: copied.has(p) ? 'pushed' : 'cached' })
+        return
+      }
+      const error = describeFailure(r, 'nix copy', this.opts.runTimeoutMs)
+      const { permanent } = classifyError(r.stderr)
+      if (permanent && batch.length > 1) {
+        // One refused path must not fail its neighbours: find it.
+        for (const p of batch) await this.copy([p])
+        return
+      }
+      if (permanent || attempt >= MAX_ATTEMPTS) {
+        for (const p of batch) this.opts.onSettled({ path: p, status: 'failed', error })
+        return
+      }
+      const delay = backoffMs(attempt)
+      this.opts.onWarn(`${error}; try ${attempt + 1} of ${MAX_ATTEMPTS} for ${batch.length} path(s) in ${(delay / 1000).toFixed(1)}s`)
+      await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => {})
     }
-    if (batch.length > 1 && !r.timedOut) {
-      // One bad path must not fail its neighbours: retry them one by one.
-      for (const p of batch) await this.copy([p])
-      return
-    }
-    const error = describeFailure(r, 'nix copy', this.opts.runTimeoutMs)
-    for (const p of batch) this.opts.onSettled({ path: p, status: 'failed', error })
   }
 }
 
@@ -118,6 +135,8 @@ export class AtticSink implements PushSink {
   private inSession = new Set<string>()
   private chain: Promise<void> = Promise.resolve()
   private streaming = true
+  private readonly ending = new Set<AtticPushSession>()
+  private readonly stopping = new AbortController()
   private readonly batcher = new Batcher((batch) => this.pushBatch(batch))
 
   constructor(
@@ -143,7 +162,9 @@ export class AtticSink implements PushSink {
 
   kill(): void {
     this.session?.kill()
+    for (const s of this.ending) s.kill()
     this.batcher.kill()
+    this.stopping.abort()
   }
 
   private openSession(): AtticPushSession {
@@ -165,6 +186,10 @@ export class AtticSink implements PushSink {
     if (line.ok) {
       this.inSession.delete(line.path)
       this.opts.onSettled({ path: line.path, status: 'pushed' })
+    } else if (classifyError(line.error).permanent) {
+      // The server refused it (401, 403, 413, ...): another try gets the same answer.
+      this.inSession.delete(line.path)
+      this.opts.onSettled({ path: line.path, status: 'failed', error: line.error })
     } else {
       // Keep it: it is retried once in a batch when the session ends.
       this.opts.onWarn(`attic push: ${line.path}: ${line.error}`)
@@ -175,7 +200,9 @@ export class AtticSink implements PushSink {
     const session = this.session
     if (!session) return
     this.session = undefined
+    this.ending.add(session) // still uploading: kill() must reach it too
     const r = await session.finish(this.opts.runTimeoutMs)
+    this.ending.delete(session)
     const rest = [...this.inSession]
     this.inSession = new Set()
     if (rest.length === 0) return
@@ -191,7 +218,9 @@ export class AtticSink implements PushSink {
 
   /** `attic push CACHE paths…`; each path settles by its ✅/❌ line, or by the exit code. */
   private async pushBatch(batch: string[]): Promise<void> {
-    const r = await pushPaths(this.client, this.cache, batch, { env: this.env, timeoutMs: this.opts.runTimeoutMs })
+    if (this.stopping.signal.aborted) return
+    const r = await pushPaths(this.client, this.cache, batch, { env: this.env, timeoutMs: this.opts.runTimeoutMs, signal: this.stopping.signal })
+    if (this.stopping.signal.aborted) return // stopped: unsettled, not failed
     const done = new Set(r.pushed)
     const errors = new Map(r.failed.map((f) => [f.path, f.error]))
     for (const p of batch) {

@@ -18,8 +18,11 @@ export const pushInfo: CommandInfo = {
     './result* links), print one summary line, and write <state>/summary.json and <state>/metrics.txt.',
 }
 
-/** The final push must fit GitLab's 5 minute after_script default together with the drain. */
-const FINAL_PUSH_TIMEOUT_MS = 120_000
+/**
+ * The final push gets as long as the drain, at least 30 s: drain, stop and final push together
+ * stay under GitLab's 5 minute after_script default with the default 120 s drain timeout.
+ */
+const finalPushTimeoutMs = (drainTimeoutS: number) => Math.max(30, drainTimeoutS) * 1000
 
 export async function push(argv: string[]): Promise<number> {
   const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir', 'drain-timeout'] })
@@ -35,7 +38,7 @@ export async function push(argv: string[]): Promise<number> {
 
   const targets = flags._.length > 0 ? flags._.map(String) : await resultLinks()
   const final = session
-    ? await section('push', 'final push', () => finalPush(session, targets, status, FINAL_PUSH_TIMEOUT_MS, info))
+    ? await section('push', 'final push', () => finalPush(session, targets, status, finalPushTimeoutMs(config.drainTimeout), info))
     : { pushed: [], failed: [] }
 
   const build = await readJson<BuildSummary>(paths.build)

@@ -5,23 +5,8 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { DIST, chainPaths, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, chainPaths, processesWith, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, tmpDir, uid, writeFlake } from './helpers.js'
 import type { BuildSummary } from '../lib/summary.js'
-
-/** Processes whose command line or environment mentions `marker` (our watcher, nix, the builders). */
-function processesWith(marker: string): string[] {
-  const found: string[] = []
-  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid)) {
-    try {
-      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ')
-      const environ = fs.readFileSync(`/proc/${pid}/environ`, 'utf8')
-      if (cmd.includes(marker) || environ.includes(marker)) found.push(`${pid} ${cmd}`)
-    } catch {
-      // gone meanwhile
-    }
-  }
-  return found
-}
 
 describe('a cancelled build', () => {
   it.each([['SIGTERM', 143], ['SIGINT', 130]] as const)('%s: nix stopped, finished work pushed, watcher ended, nothing left, exit %i', async (signal, code) => {

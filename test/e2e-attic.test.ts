@@ -3,50 +3,16 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import {
-  ATTIC_DOUBLE, cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, outPath, readJsonFile, runCmd, tmpDir, uid, writeFlake,
-} from './helpers.js'
-import { freePort, startAtticServer, type AtticServer } from './nginx.js'
+import { atticSetup } from './attic-setup.js'
+import { cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, outPath, readJsonFile, runCmd, writeFlake } from './helpers.js'
+import type { Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
-const servers: AtticServer[] = []
+const servers: Nginx[] = []
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.stop()))
 })
-
-async function setup(name: string, opts: { clientOnPath: boolean; env?: NodeJS.ProcessEnv }) {
-  const dir = tmpDir(`greedy-${name}-`)
-  const base = nixEnv(dir)
-  const [secret, pub] = makeKeys(base, `attic-test-${uid()}`)
-  const keyFile = path.join(dir, 'server-signing-key')
-  fs.writeFileSync(keyFile, secret, { mode: 0o600 })
-  const token = `tok-${uid()}${uid()}`
-  const server = await startAtticServer(path.join(dir, 'server'), { cache: 'main', token, publicKey: pub })
-  servers.push(server)
-  const bin = path.join(dir, 'bin')
-  fs.mkdirSync(bin)
-  if (opts.clientOnPath) fs.symlinkSync(ATTIC_DOUBLE, path.join(bin, 'attic'))
-  const doubleLog = path.join(dir, 'attic-double.log')
-  const closed = await freePort()
-  const job = (n: string) => {
-    const project = path.join(dir, n)
-    fs.mkdirSync(project, { recursive: true })
-    const env = nixEnv(path.join(dir, `${n}-home`), {
-      PATH: `${bin}:${process.env.PATH}`,
-      // An unreachable candidate first: bootstrap must move on to the next one.
-      ATTIC_SERVER: `http://127.0.0.1:${closed}, ${server.url}`,
-      ATTIC_CACHE: 'main',
-      ATTIC_TOKEN: token,
-      CI_PROJECT_DIR: project,
-      ATTIC_DOUBLE_ROOT: server.root,
-      ATTIC_DOUBLE_SIGNING_KEY_FILE: keyFile,
-      ATTIC_DOUBLE_LOG: doubleLog,
-      ...opts.env,
-    })
-    return { project, env, state: path.join(project, '.greedy-nix') }
-  }
-  return { dir, server, token, doubleLog, job, closed, prefix: `${name}-${uid()}` }
-}
+const setup = (name: string, opts: { clientOnPath: boolean; env?: NodeJS.ProcessEnv }) => atticSetup(servers, name, opts)
 
 describe('ATTIC_SERVER end to end (attic client test double)', () => {
   it('pipeline A fails late with outputs already in attic; pipeline B substitutes them from the private cache', async () => {

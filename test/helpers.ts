@@ -181,3 +181,18 @@ export function deleteFromStore(env: NodeJS.ProcessEnv, paths: string[]): void {
 export function readJsonFile<T>(file: string): T {
   return JSON.parse(fs.readFileSync(file, 'utf8')) as T
 }
+
+/** Processes whose command line or environment mentions `marker` (our watcher, nix, the builders). */
+export function processesWith(marker: string): string[] {
+  const found: string[] = []
+  for (const pid of fs.readdirSync('/proc').filter((d) => /^\d+$/.test(d) && Number(d) !== process.pid)) {
+    try {
+      const cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' ')
+      const environ = fs.readFileSync(`/proc/${pid}/environ`, 'utf8')
+      if (cmd.includes(marker) || environ.includes(marker)) found.push(`${pid} ${cmd}`)
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return found
+}

@@ -139,6 +139,7 @@ export async function startAtticServer(dir: string, opts: { cache: string; token
 export async function startHttpCache(dir: string, auth?: { login: string; password: string }): Promise<Nginx & { cacheDir: string }> {
   const cacheDir = path.join(dir, 'http-cache')
   fs.mkdirSync(cacheDir, { recursive: true })
+  fs.writeFileSync(path.join(cacheDir, 'nix-cache-info'), 'StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 40\n')
   const basic = auth && Buffer.from(`${auth.login}:${auth.password}`).toString('base64')
   const nginx = await startNginx(dir, `
     location / {

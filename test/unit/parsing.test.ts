@@ -3,6 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parsePushLine } from '../../lib/attic.js'
+import { backoffMs, classifyError } from '../../lib/retry.js'
 import { nixBuildArgs, parseNixVersion, parsePathInfoJson, pathInfoJsonArgs } from '../../lib/nix.js'
 import { BuildLog, parseNixLogLine } from '../../lib/nixlog.js'
 import { isPushCandidateName, needsPush } from '../../lib/watcher.js'
@@ -132,5 +133,24 @@ describe('nix build arguments', () => {
     expect(nixBuildArgs(['.#a'], [], true)).toEqual(['.#a', '--out-link', 'result', '--keep-going'])
     expect(nixBuildArgs([], ['-o', 'out', '-k'], true)).toEqual(['-o', 'out', '-k'])
     expect(nixBuildArgs(['.#a'], ['--no-link'], false)).toEqual(['.#a', '--no-link'])
+  })
+})
+
+describe('retry policy', () => {
+  it.each([
+    ["error: unable to upload 'http://c/nar/x.nar.zst': HTTP error 413 ('Payload Too Large')", true, 413],
+    ["error: unable to upload 'http://c/x.narinfo': HTTP error 401 ('Unauthorized')", true, 401],
+    ["error: unable to upload 'http://c/x.narinfo': HTTP error 503 ('Service Unavailable')", false, 503],
+    ["error: unable to upload 'http://c/x.narinfo': HTTP error 429 ('Too Many Requests')", false, 429],
+    ["error: unable to upload 'http://c/nar/x': HTTP error 100 ('Continue') (curl error: Timeout was reached)", false, 100],
+    ['HTTP 413 Payload Too Large', true, 413],
+    ['error: cannot connect to socket: Connection refused', false, undefined],
+  ])('%s → permanent %s', (text, permanent, status) => expect(classifyError(text)).toEqual({ permanent, status }))
+
+  it('backs off 1, 2, 4 s with jitter, capped', () => {
+    expect([1, 2, 3].map((a) => backoffMs(a, () => 0.5))).toEqual([1000, 2000, 4000])
+    expect(backoffMs(1, () => 0)).toBe(500)
+    expect(backoffMs(1, () => 0.999)).toBeLessThan(1500)
+    expect(backoffMs(10, () => 0.5)).toBe(15_000)
   })
 })

@@ -1,0 +1,157 @@
+// Cache faults, injected by our own proxy in front of a real nginx binary cache (and by the attic
+// test double's knobs): the job's result stays the build's, nothing hangs, every failed path is
+// named and counted. Each test prints its figures (time taken, paths pushed/failed).
+import fs from 'node:fs'
+import path from 'node:path'
+import { afterEach, describe, expect, it } from 'vitest'
+import { atticSetup } from './attic-setup.js'
+import { chainPaths, greedy, inFileCache, processesWith, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { startFaultProxy, type Fault, type FaultProxy, type RequestInfo } from './fault-proxy.js'
+import { freePort, startHttpCache, type Nginx } from './nginx.js'
+import type { Summary } from '../lib/summary.js'
+
+const stops: Array<Nginx | FaultProxy> = []
+afterEach(async () => {
+  await Promise.all(stops.splice(0).map((s) => s.stop()))
+})
+
+const seconds = (t: number) => Number(((Date.now() - t) / 1000).toFixed(1))
+
+/** A job pushing to nginx through the fault proxy, with a chain of `chain` links. */
+async function faultyJob(name: string, chain: number, decide: (req: RequestInfo, links: string[]) => Fault, extra: NodeJS.ProcessEnv = {}) {
+  const dir = tmpDir(`greedy-fault-${name}-`)
+  const cache = await startHttpCache(path.join(dir, 'nginx'))
+  stops.push(cache)
+  const project = path.join(dir, 'project')
+  writeFlake(project, { prefix: `fault-${name}-${uid()}`, chain, sleep: 1 })
+  const base = nixEnv(path.join(dir, 'home'))
+  const links = chainPaths(base, project, chain)
+  const proxy = await startFaultProxy(cache.url, (req) => decide(req, links))
+  stops.push(proxy)
+  const [key] = makeKeys(base, `fault-${uid()}`)
+  const env = { ...base, CI_PROJECT_DIR: project, GREEDY_CACHE_URL: proxy.url, GREEDY_SIGNING_KEY: key, ...extra }
+  const run = async (cmd: string, ...args: string[]) => {
+    const t = Date.now()
+    const r = await greedy(env, project, cmd, ...args)
+    return { ...r, seconds: seconds(t) }
+  }
+  const summary = () => readJsonFile<Summary>(path.join(project, '.greedy-nix', 'summary.json'))
+  const watchLog = () => fs.readFileSync(path.join(project, '.greedy-nix', 'watch.log'), 'utf8')
+  return { links, proxy, cacheDir: cache.cacheDir, run, summary, watchLog }
+}
+
+const narinfo = (storePath: string) => `/${path.basename(storePath).slice(0, 32)}.narinfo`
+
+describe('an HTTP cache that misbehaves', () => {
+  it('503 on the first try of every upload: retried with backoff, everything pushed', async () => {
+    const j = await faultyJob('503', 3, (r) => (r.method === 'PUT' && r.attempt === 0 ? { kind: 'status', status: 503 } : { kind: 'pass' }))
+    expect((await j.run('bootstrap')).code).toBe(0)
+    const b = await j.run('build')
+    expect(b.code).toBe(0)
+    expect(j.links.map((p) => inFileCache(j.cacheDir, p))).toEqual([true, true, true])
+    expect(j.watchLog()).toMatch(/HTTP error 503.*; try 2 of 3/)
+    const p = await j.run('push')
+    expect(p.code).toBe(0)
+    expect(j.summary().incremental).toMatchObject({ pushed: 3, failed: 0 })
+    console.log(`503 first try: build ${b.seconds}s, push ${p.seconds}s, ${j.proxy.log.filter((l) => l.fault === 'status').length} uploads refused then retried`)
+  })
+
+  it('a dropped connection mid-upload: retried, everything pushed', async () => {
+    const j = await faultyJob('drop', 2, (r) => (r.method === 'PUT' && r.path.startsWith('/nar/') && r.attempt === 0 ? { kind: 'drop' } : { kind: 'pass' }))
+    expect((await j.run('bootstrap')).code).toBe(0)
+    const b = await j.run('build')
+    expect(b.code).toBe(0)
+    expect(j.links.map((p) => inFileCache(j.cacheDir, p))).toEqual([true, true])
+    expect((await j.run('push')).code).toBe(0)
+    expect(j.summary().incremental).toMatchObject({ pushed: 2, failed: 0 })
+    console.log(`drop mid-upload: build ${b.seconds}s, ${j.proxy.log.filter((l) => l.fault === 'drop').length} uploads cut off then retried`)
+  })
+
+  it('413 for one path: not retried, named and counted; the others pushed; the job result is the build result', async () => {
+    const j = await faultyJob('413', 3, (r, links) => (r.method === 'PUT' && r.path === narinfo(links[2]!) ? { kind: 'status', status: 413 } : { kind: 'pass' }))
+    expect((await j.run('bootstrap')).code).toBe(0)
+    expect((await j.run('build')).code).toBe(0)
+    const p = await j.run('push')
+    expect(p.code).toBe(0)
+    expect(j.links.map((q) => inFileCache(j.cacheDir, q))).toEqual([true, true, false])
+    expect(p.out).toMatch(new RegExp(`not pushed: ${j.links[2]}: nix copy failed \\(exit 1\\): .*HTTP error 413`))
+    expect(p.stdout).toMatch(/pushed 2 store paths incrementally, 0 in the final push, 1 failed/)
+    expect(j.summary().failures.map((f) => f.path)).toEqual([j.links[2]])
+    expect(j.watchLog()).not.toMatch(/413.*try 2 of 3/) // permanent: no backoff retries
+    const refused = j.proxy.log.filter((l) => l.path === narinfo(j.links[2]!)).length
+    expect(refused).toBeLessThanOrEqual(3) // its batch, itself alone, the final push
+    console.log(`413: ${refused} uploads of the refused path, 1 failed, 2 pushed`)
+  })
+
+  it('a server that accepts and never answers: build returns within the drain timeout, push within its budget', async () => {
+    const j = await faultyJob('hang', 2, (r) => (r.method === 'PUT' ? { kind: 'hang' } : { kind: 'pass' }), { GREEDY_DRAIN_TIMEOUT: '5' })
+    const boot = await j.run('bootstrap')
+    expect(boot.code).toBe(0)
+    const b = await j.run('build')
+    expect(b.code).toBe(0) // Nix's code: the build itself succeeded
+    expect(b.out).toMatch(/drain timed out after 5s/)
+    const p = await j.run('push')
+    expect(p.code).toBe(0)
+    expect(p.stdout).toMatch(/pushed 0 store paths incrementally/)
+    expect(b.seconds).toBeLessThan(5 + 2 * 2 + 20) // drain budget + the builds + slack: bounded, not hung
+    expect(p.seconds).toBeLessThan(300) // GitLab's after_script default
+    expect(processesWith(j.proxy.url)).toEqual([]) // no nix copy left waiting on the server
+    console.log(`hang: bootstrap ${boot.seconds}s, build ${b.seconds}s (drain timeout 5s), push ${p.seconds}s`)
+  })
+
+  it('a refused connection: every command goes on at once', async () => {
+    const dir = tmpDir('greedy-fault-refused-')
+    const project = path.join(dir, 'project')
+    writeFlake(project, { prefix: `fault-refused-${uid()}`, chain: 2 })
+    const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, GREEDY_CACHE_URL: `http://127.0.0.1:${await freePort()}` })
+    const t = Date.now()
+    const codes = [(await greedy(env, project, 'bootstrap')).code, (await greedy(env, project, 'build')).code, (await greedy(env, project, 'push')).code]
+    const withCache = seconds(t)
+    const plainT = Date.now()
+    await runCmd('nix', ['build', '--rebuild', '--no-link'], { env, cwd: project })
+    expect(codes).toEqual([0, 0, 0])
+    console.log(`refused: bootstrap + build + push ${withCache}s; a plain nix build --rebuild ${seconds(plainT)}s`)
+  })
+})
+
+describe('an attic server that misbehaves (the client test double)', () => {
+  const attic = async (name: string, env: NodeJS.ProcessEnv) => {
+    const t = await atticSetup(stops as Nginx[], name, { clientOnPath: true, env })
+    const a = t.job('a')
+    writeFlake(a.project, { prefix: t.prefix, chain: 2, sleep: 1 })
+    const links = chainPaths(a.env, a.project, 2)
+    const run = async (cmd: string) => {
+      const started = Date.now()
+      const r = await greedy(a.env, a.project, cmd)
+      return { ...r, seconds: seconds(started) }
+    }
+    return { ...t, ...a, links, run }
+  }
+
+  it('❌ 503 on the first try of each path: retried, everything pushed', async () => {
+    const t = await attic('attic503', { ATTIC_DOUBLE_FAIL_FIRST: '1' })
+    expect((await t.run('bootstrap')).code).toBe(0)
+    const b = await t.run('build')
+    expect(b.code).toBe(0)
+    expect(t.links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true])
+    const log = fs.readFileSync(path.join(t.state, 'watch.log'), 'utf8')
+    expect(log).toContain('HTTP 503 Service Unavailable')
+    expect(log).toMatch(/retrying \d path\(s\) in one batch/)
+    expect((await t.run('push')).stdout).toMatch(/pushed 2 store paths incrementally, 0 in the final push, 0 failed/)
+    console.log(`attic 503 first try: build ${b.seconds}s`)
+  })
+
+  it('uploads that never finish: build returns within the drain timeout, push within its budget, nothing left running', async () => {
+    const t = await attic('attichang', { ATTIC_DOUBLE_HANG: '1', GREEDY_DRAIN_TIMEOUT: '5' })
+    expect((await t.run('bootstrap')).code).toBe(0)
+    const b = await t.run('build')
+    expect(b.code).toBe(0)
+    expect(b.out).toMatch(/drain timed out after 5s/)
+    const p = await t.run('push')
+    expect(p.code).toBe(0)
+    expect(p.seconds).toBeLessThan(300)
+    expect(fs.existsSync(path.join(t.state, 'watch.pid'))).toBe(false)
+    expect(processesWith(t.server.root)).toEqual([]) // no attic client left hanging
+    console.log(`attic hang: build ${b.seconds}s (drain timeout 5s), push ${p.seconds}s`)
+  })
+})
