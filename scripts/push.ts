@@ -66,7 +66,7 @@ export async function push(argv: string[]): Promise<number> {
     warn(`cannot write the summary in ${paths.dir}: ${(err as Error).message}`)
   }
   // The job is over: no secret needs to outlive it on disk.
-  await fs.rm(paths.secrets, { recursive: true, force: true })
+  await fs.rm(paths.secrets, { recursive: true, force: true }).catch((err: Error) => warn(`cannot remove ${paths.secrets}: ${err.message}`))
 
   const failed = summary.incremental.failed + summary.final.failed
   if (!ok) return 1

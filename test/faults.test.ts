@@ -155,3 +155,52 @@ describe('an attic server that misbehaves (the client test double)', () => {
     console.log(`attic hang: build ${b.seconds}s (drain timeout 5s), push ${p.seconds}s`)
   })
 })
+
+describe('the machine misbehaves', () => {
+  it('a lock removed for a path that is not valid: skipped, logged at debug, the watcher carries on', async () => {
+    const dir = tmpDir('greedy-fault-lock-')
+    const project = path.join(dir, 'project')
+    const cache = path.join(dir, 'cache')
+    writeFlake(project, { prefix: `fault-lock-${uid()}`, chain: 1 })
+    const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, GREEDY_CACHE_URL: `file://${cache}`, GREEDY_DEBUG: '1' })
+    expect((await greedy(env, project, 'bootstrap')).code).toBe(0)
+    const alphabet = '0123456789abcdfghijklmnpqrsvwxyz'
+    const hash = Array.from({ length: 32 }, () => alphabet[Math.floor(Math.random() * 32)]).join('')
+    const fake = path.join('/nix/store', `${hash}-greedy-not-valid`)
+    fs.mkdirSync(fake) // on disk, never registered: not a valid store path
+    fs.writeFileSync(`${fake}.lock`, '')
+    fs.rmSync(`${fake}.lock`)
+    try {
+      await new Promise((r) => setTimeout(r, 500))
+      const built = await greedy(env, project, 'build')
+      expect(built.code).toBe(0)
+      const log = fs.readFileSync(path.join(project, '.greedy-nix', 'watch.log'), 'utf8')
+      expect(log).toContain(`not valid (yet), skipped: ${fake}`)
+      expect(log).toMatch(/pushed \/nix\/store\/\w+-fault-lock-/) // and it went on pushing
+      expect((await greedy(env, project, 'push')).stdout).toMatch(/pushed 1 store paths incrementally/)
+    } finally {
+      fs.rmSync(fake, { recursive: true, force: true })
+    }
+  })
+
+  it('a state dir that cannot be written: warnings, and the build still runs and returns its code', async () => {
+    const dir = tmpDir('greedy-fault-state-')
+    const project = path.join(dir, 'project')
+    writeFlake(project, { prefix: `fault-state-${uid()}`, chain: 2, failAt: 2 })
+    fs.writeFileSync(path.join(dir, 'a-file'), '')
+    const env = nixEnv(path.join(dir, 'home'), {
+      CI_PROJECT_DIR: project, GREEDY_CACHE_URL: `file://${dir}/cache`, GREEDY_STATE_DIR: path.join(dir, 'a-file', 'state'),
+    })
+    const boot = await greedy(env, project, 'bootstrap')
+    expect(boot.code).toBe(0)
+    expect(boot.out).toMatch(/warning: cannot create the state dir .*a-file\/state/)
+    const plain = await runCmd('nix', ['build', '--keep-going', '--no-link'], { env, cwd: project })
+    const b = await greedy(env, project, 'build')
+    expect(b.code).toBe(plain.code)
+    expect(b.out).toContain('link 2 fails on purpose')
+    expect(b.out).toMatch(/warning: cannot record build counts/)
+    const p = await greedy(env, project, 'push')
+    expect(p.code).toBe(0)
+    expect((await greedy({ ...env, GREEDY_STRICT: '1' }, project, 'bootstrap')).code).toBe(1)
+  })
+})
