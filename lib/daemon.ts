@@ -4,6 +4,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { atticEnv } from './attic.js'
+import { Attribution, otherWatchersRunning, registerWatcher } from './attribution.js'
 import { AtticSink, NixCopySink, type PushSink, type SinkOptions } from './pusher.js'
 import { formatPidFile, processStartTime, writeJsonAtomic, type StatePaths } from './state.js'
 import { findAtticClient, StoreWatcher, type WatcherCounts } from './watcher.js'
@@ -65,6 +66,8 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
     skipKeyNames: session.skipKeyNames,
     include: session.include === undefined ? undefined : new RegExp(session.include),
     exclude: session.exclude === undefined ? undefined : new RegExp(session.exclude),
+    // Alone on the machine, every new path is this job's; with other watchers, only what our builds realised.
+    ours: async (newPaths) => (otherWatchersRunning() ? attribution.ours(newPaths) : new Set(newPaths)),
     onChange: () => scheduleStatus(),
     debug,
     info: log,
@@ -94,6 +97,8 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
     }, 200)
   }
 
+  const attribution = new Attribution(paths.realised)
+  const unregister = registerWatcher(paths.dir)
   await watcher.start()
   await writeStatus()
   await fs.writeFile(paths.pid, formatPidFile(process.pid, processStartTime(process.pid)))
@@ -125,6 +130,7 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
     process.once('SIGINT', () => stop('SIGINT'))
   })
   clearTimeout(statusTimer)
+  unregister()
   watcher.close()
   await writeStatus()
   await fs.rm(paths.pid, { force: true })

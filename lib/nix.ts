@@ -6,7 +6,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { run, type RunResult } from './exec.js'
-import { BuildLog, parseNixLogLine, type BuildCounts } from './nixlog.js'
+import { BuildLog, parseNixLogLine, type BuildCounts, type NixLogEvent } from './nixlog.js'
 
 export const storeDir = (env: NodeJS.ProcessEnv = process.env): string => env.NIX_STORE_DIR ?? '/nix/store'
 
@@ -159,6 +159,8 @@ export interface BuildOptions {
   args: readonly string[]
   /** Called with each human-readable log line. */
   onLine: (line: string) => void
+  /** Called with each of Nix's machine log events. */
+  onEvent?: (ev: NixLogEvent) => void
   env?: NodeJS.ProcessEnv
   /** Abort: the build is sent SIGTERM, then SIGKILL after a grace period. */
   signal?: AbortSignal
@@ -187,6 +189,7 @@ export function build(opts: BuildOptions): Promise<BuildResult> {
     lines.on('line', (line) => {
       const ev = parseNixLogLine(line)
       if (!ev) return opts.onLine(line)
+      opts.onEvent?.(ev)
       for (const out of log.feed(ev)) opts.onLine(out)
     })
     const finish = (exitCode: number) => {

@@ -20,6 +20,8 @@ export function statePaths(stateDir: string) {
     watcherScript: p('watch.mjs'),
     /** Counts of every `build` run in this job, added up. */
     build: p('build.json'),
+    /** What this job's builds realised (derivations built, paths substituted), for the watcher. */
+    realised: p('realised'),
     summary: p('summary.json'),
     metrics: p('metrics.txt'),
     /** Out-link to the attic client, a GC root while the job runs. */
@@ -115,6 +117,6 @@ export async function liveWatcherPid(paths: StatePaths): Promise<number | undefi
  */
 export async function clearJobState(paths: StatePaths): Promise<void> {
   if ((await liveWatcherPid(paths)) !== undefined) return
-  const stale = [paths.session, paths.status, paths.drainRequest, paths.build, paths.summary, paths.metrics, paths.pid]
+  const stale = [paths.session, paths.status, paths.drainRequest, paths.build, paths.realised, paths.summary, paths.metrics, paths.pid]
   await Promise.all(stale.map((f) => fs.rm(f, { force: true })))
 }

@@ -33,6 +33,8 @@ export interface WatcherOptions {
   skipKeyNames: readonly string[]
   include?: RegExp
   exclude?: RegExp
+  /** The subset of new valid paths that are this job's (when other jobs share the store); default: all. */
+  ours?: (paths: readonly string[]) => Promise<Set<string>>
   onChange?: () => void
   debug?: (msg: string) => void
   info?: (msg: string) => void
@@ -148,8 +150,13 @@ export class StoreWatcher {
       return
     }
     for (const p of valid) this.handled.add(path.basename(p))
+    const ours = this.opts.ours ? await this.opts.ours(infos.map((i) => i.path)) : undefined
     const toPush: string[] = []
     for (const info of infos) {
+      if (ours && !ours.has(info.path)) {
+        this.opts.debug?.(`another job's path, left to it: ${info.path}`)
+        continue
+      }
       this.counts.seen++
       const reason = this.skipReason(info)
       if (reason) {

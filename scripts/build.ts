@@ -7,7 +7,9 @@ import { cacheProblem, handledInfoFlags, loadConfig, parseInstallables, runAsEnt
 import { drainWatcher, stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'
 import { error, info, raw, section, sectionsEnabled, warn } from '../lib/log.js'
+import { recordRealised } from '../lib/attribution.js'
 import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
+import type { NixLogEvent } from '../lib/nixlog.js'
 import { statePaths } from '../lib/state.js'
 import { recordBuild } from '../lib/summary.js'
 
@@ -45,10 +47,11 @@ export async function build(argv: string[]): Promise<number> {
   process.once('SIGTERM', onSignal)
   process.once('SIGINT', onSignal)
 
-  const result = await section('build', `nix build ${args.join(' ')}`, () => nixBuild({ args, onLine: raw, signal: abort.signal }))
+  const paths = statePaths(config.stateDir)
+  const onEvent = (ev: NixLogEvent) => recordRealised(paths.realised, ev) // tells our watcher what is ours
+  const result = await section('build', `nix build ${args.join(' ')}`, () => nixBuild({ args, onLine: raw, onEvent, signal: abort.signal }))
   if (sectionsEnabled()) result.errors.forEach(raw) // the section is collapsed: errors stay in sight
   info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
-  const paths = statePaths(config.stateDir)
   const budget = signalled ? Math.min(config.drainTimeout, CANCEL_BUDGET_S) : config.drainTimeout
   const cacheCode = await recordAndDrain(paths, result, budget, config.strict, signalled !== undefined)
 

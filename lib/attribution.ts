@@ -1,0 +1,106 @@
+// Whose store path is it? Every watcher on a machine sees every new path in /nix/store. When two
+// jobs share a machine (shell executor), each must push and count only its own work: `build`
+// records what its Nix run builds and substitutes, and a watcher that is not alone on the
+// machine pushes only paths from that record. Alone, it pushes every new path, as before.
+import { appendFileSync, mkdirSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import fs from 'node:fs/promises'
+import os from 'node:os'
+import path from 'node:path'
+import { run } from './exec.js'
+import type { NixLogEvent } from './nixlog.js'
+import { processAlive, processStartTime } from './state.js'
+
+/** Nix activity types that name what a build realises. */
+const ACT_BUILD = 105 // fields[0]: the derivation
+const ACT_SUBSTITUTE = 108 // fields[0]: the store path
+
+/** `build`'s side: append each derivation built and each path substituted to the record. */
+export function recordRealised(file: string, ev: NixLogEvent): void {
+  if (ev.action !== 'start' || typeof ev.fields?.[0] !== 'string') return
+  const kind = ev.type === ACT_BUILD ? 'drv' : ev.type === ACT_SUBSTITUTE ? 'out' : undefined
+  if (!kind) return
+  try {
+    appendFileSync(file, `${kind} ${ev.fields[0]}\n`)
+  } catch {
+    // no state dir: no watcher to tell either
+  }
+}
+
+/** The watcher's side: reads the record as it grows and attributes new paths to this job. */
+export class Attribution {
+  private offset = 0
+  private readonly drvs = new Set<string>()
+  private readonly outs = new Set<string>()
+
+  constructor(private readonly file: string) {}
+
+  /** The subset of `paths` this job's builds realised. */
+  async ours(paths: readonly string[]): Promise<Set<string>> {
+    await this.refresh()
+    const mine = new Set(paths.filter((p) => this.outs.has(p)))
+    const rest = paths.filter((p) => !mine.has(p))
+    if (rest.length > 0) {
+      const r = await run('nix-store', ['--query', '--deriver', ...rest], { timeoutMs: 60_000 })
+      const derivers = r.code === 0 ? r.stdout.split('\n') : []
+      rest.forEach((p, i) => {
+        if (this.drvs.has(derivers[i] ?? '')) mine.add(p)
+      })
+    }
+    return mine
+  }
+
+  private async refresh(): Promise<void> {
+    let text: string
+    try {
+      const handle = await fs.open(this.file, 'r')
+      const buf = Buffer.alloc((await handle.stat()).size - this.offset)
+      await handle.read(buf, 0, buf.length, this.offset)
+      await handle.close()
+      text = buf.toString('utf8')
+    } catch {
+      return // nothing recorded yet
+    }
+    const complete = text.slice(0, text.lastIndexOf('\n') + 1)
+    this.offset += Buffer.byteLength(complete)
+    for (const line of complete.split('\n')) {
+      if (line.startsWith('drv ')) this.drvs.add(line.slice(4))
+      else if (line.startsWith('out ')) this.outs.add(line.slice(4))
+    }
+  }
+}
+
+/** Where the watchers on this machine sign in: one file per watcher, named by its pid. */
+const REGISTRY = path.join(os.tmpdir(), 'greedy-nix-watchers')
+
+export function registerWatcher(stateDir: string): () => void {
+  const file = path.join(REGISTRY, String(process.pid))
+  try {
+    mkdirSync(REGISTRY, { recursive: true, mode: 0o1777 })
+    // Entries of watchers killed without a goodbye (kill -9, the end of a docker stage).
+    for (const name of readdirSync(REGISTRY)) if (!processAlive(Number(name))) rmSync(path.join(REGISTRY, name), { force: true })
+    writeFileSync(file, `${processStartTime(process.pid) ?? ''}\n${stateDir}\n`)
+  } catch {
+    // an unwritable tmp: this watcher just cannot be seen by others
+  }
+  return () => rmSync(file, { force: true })
+}
+
+/** Whether another live watcher signed in (a stale entry of a dead one is ignored). */
+export function otherWatchersRunning(): boolean {
+  let entries: string[]
+  try {
+    entries = readdirSync(REGISTRY)
+  } catch {
+    return false
+  }
+  return entries.some((name) => {
+    const pid = Number(name)
+    if (!Number.isInteger(pid) || pid === process.pid || !processAlive(pid)) return false
+    try {
+      const [startTime] = readFileSync(path.join(REGISTRY, name), 'utf8').split('\n')
+      return startTime === '' || startTime === processStartTime(pid)
+    } catch {
+      return false
+    }
+  })
+}
