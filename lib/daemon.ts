@@ -45,6 +45,7 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
       watcher.settle(s)
     },
     onWarn: log,
+    debug,
     runTimeoutMs: RUN_TIMEOUT_MS,
   }
   const watcher: StoreWatcher = new StoreWatcher({

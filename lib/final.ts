@@ -3,7 +3,6 @@
 // could not (killed with its stage, or no client until the end).
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { glob } from 'zx'
 import { atticEnv, pushPaths } from './attic.js'
 import type { WatcherStatus } from './daemon.js'
 import { describeFailure } from './exec.js'
@@ -54,7 +53,7 @@ export function countFailures(status: WatcherStatus | undefined, final: FinalPus
 
 /** ./result, ./result-dev, …: the out-links `nix build` left (none is fine). */
 export async function resultLinks(cwd = process.cwd()): Promise<string[]> {
-  const links = await glob(['result', 'result-*'], { cwd, onlyFiles: false, dot: false })
+  const links = (await fs.readdir(cwd)).filter((name) => name === 'result' || name.startsWith('result-')).sort()
   const targets: string[] = []
   for (const link of links) {
     try {

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { AtticPushSession, pushPaths, type PushLine } from './attic.js'
 import { describeFailure, errorLine } from './exec.js'
 import { copyTo } from './nix.js'
-import { backoffMs, classifyError, MAX_ATTEMPTS } from './retry.js'
+import { backoffMs, classifyError, MAX_ATTEMPTS, RetryBudget } from './retry.js'
 
 export type Settled =
   | { path: string; status: 'pushed' }
@@ -26,47 +26,47 @@ export interface SinkOptions {
   onWarn: (msg: string) => void
   /** Longest one `nix copy` / `attic push` run may take. */
   runTimeoutMs: number
+  /** Each push process started, for GREEDY_DEBUG=1 (benchmarks count them). */
+  debug?: (msg: string) => void
 }
 
-/** How long paths may wait before a batch starts, and the most per batch. */
-const BATCH_DELAY_MS = 300
+/** The most paths one push process takes. */
 const BATCH_MAX = 64
 
 /**
- * Gathers paths for a short while and hands them to `push` in batches, one batch at a time, in
- * the order the paths became valid (dependencies before dependants).
+ * Hands paths to `push` one batch at a time, in the order they became valid (dependencies before
+ * dependants). An idle batcher pushes a new path at once (no waiting for company: time-to-cache is
+ * the point); while a push runs, new paths gather and go together when it ends. Batches grow with
+ * the load, and there is never more than one push process.
  */
 class Batcher {
   private pending: string[] = []
-  private timer: NodeJS.Timeout | undefined
-  private chain: Promise<void> = Promise.resolve()
+  private running: Promise<void> | undefined
 
+  /** `push` settles every path it is given and never rejects. */
   constructor(private readonly push: (batch: string[]) => Promise<void>) {}
 
   add(paths: readonly string[]): void {
     this.pending.push(...paths)
-    if (this.pending.length >= BATCH_MAX) this.start()
-    else this.timer ??= setTimeout(() => this.start(), BATCH_DELAY_MS)
+    this.next()
   }
 
   /** Resolves when every path added so far went through `push`. */
   async flush(): Promise<void> {
-    this.start()
-    await this.chain
+    while (this.running) await this.running
   }
 
   kill(): void {
-    clearTimeout(this.timer)
     this.pending = []
   }
 
-  private start(): void {
-    clearTimeout(this.timer)
-    this.timer = undefined
-    while (this.pending.length > 0) {
-      const batch = this.pending.splice(0, BATCH_MAX)
-      this.chain = this.chain.then(() => this.push(batch))
-    }
+  private next(): void {
+    if (this.running || this.pending.length === 0) return
+    const batch = this.pending.splice(0, BATCH_MAX)
+    this.running = this.push(batch).finally(() => {
+      this.running = undefined
+      this.next()
+    })
   }
 }
 
@@ -97,12 +97,15 @@ export class NixCopySink implements PushSink {
 
   /** One batch: retried whole while failures look transient; split to find the path a server refuses. */
   private async copy(batch: string[]): Promise<void> {
-    for (let attempt = 1; ; attempt++) {
+    const budget = new RetryBudget(batch.length)
+    const copied = new Set<string>() // by any try: a failed try may have uploaded some paths whole
+    for (;;) {
       if (this.stopping.signal.aborted) return
+      this.opts.debug?.(`nix copy: ${batch.length} path(s)`)
       const r = await copyTo(this.url, batch, { timeoutMs: this.opts.runTimeoutMs, env: this.env, signal: this.stopping.signal })
       if (this.stopping.signal.aborted) return // stopped: unsettled, not failed
+      for (const p of r.copied) copied.add(p)
       if (r.code === 0) {
-        const copied = new Set(r.copied)
         for (const p of batch) this.opts.onSettled({ path: p, status: copied.has(p) ? 'pushed' : 'cached' })
         return
       }
@@ -113,12 +116,12 @@ export class NixCopySink implements PushSink {
         for (const p of batch) await this.copy([p])
         return
       }
-      if (permanent || attempt >= MAX_ATTEMPTS) {
+      if (permanent || !budget.failed(r.stderr)) {
         for (const p of batch) this.opts.onSettled({ path: p, status: 'failed', error })
         return
       }
-      const delay = backoffMs(attempt)
-      this.opts.onWarn(`${error}; try ${attempt + 1} of ${MAX_ATTEMPTS} for ${batch.length} path(s) in ${(delay / 1000).toFixed(1)}s`)
+      const delay = backoffMs(budget.nextTry - 1)
+      this.opts.onWarn(`${error}; try ${budget.nextTry} of ${MAX_ATTEMPTS} for ${batch.length} path(s) in ${(delay / 1000).toFixed(1)}s`)
       await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => {})
     }
   }

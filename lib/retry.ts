@@ -24,3 +24,36 @@ export function backoffMs(attempt: number, random: () => number = Math.random): 
   const base = 1000 * 2 ** (attempt - 1)
   return Math.min(15_000, Math.round(base * (0.5 + random())))
 }
+
+/** The file a failed `nix copy` was uploading or reading when it failed (Nix names it in quotes). */
+export function failedFile(text: string): string | undefined {
+  return /unable to (?:upload|download) '([^']+)'/.exec(text)?.[1]
+}
+
+/**
+ * The tries of one batch. A failure at the same file as the last one uses up a try; a failure
+ * further on (the cache took what came before it) starts the count again, so a batch of many paths
+ * on a flaky server is not judged by the tries one path gets. At most MAX_ATTEMPTS tries per path.
+ */
+export class RetryBudget {
+  private stalled = 0
+  private tries = 0
+  private lastFile: string | undefined
+
+  constructor(private readonly paths: number) {}
+
+  /** Records a failed try; true when one more is allowed. */
+  failed(errorText: string): boolean {
+    this.tries++
+    const file = failedFile(errorText)
+    const movedOn = file !== undefined && this.lastFile !== undefined && file !== this.lastFile
+    this.stalled = movedOn ? 1 : this.stalled + 1
+    this.lastFile = file
+    return this.stalled < MAX_ATTEMPTS && this.tries < MAX_ATTEMPTS * this.paths
+  }
+
+  /** The next try, counted since the last progress: for the backoff and the log. */
+  get nextTry(): number {
+    return this.stalled + 1
+  }
+}

@@ -52,7 +52,7 @@ export function needsPush(info: PathInfo, skipKeyNames: ReadonlySet<string>): bo
   return !info.signatures.some((s) => skipKeyNames.has(s.slice(0, s.indexOf(':'))))
 }
 
-/** How long new lock removals are gathered before one validity check covers them all. */
+/** While a check runs, how long new lock removals are gathered so that one check covers them all. */
 const CHECK_DELAY_MS = 100
 const MAX_FAILURES_KEPT = 50
 
@@ -62,6 +62,7 @@ export class StoreWatcher {
   private candidates = new Set<string>()
   private checkTimer: NodeJS.Timeout | undefined
   private checking: Promise<void> = Promise.resolve()
+  private checksUnderWay = 0
   private fsWatcher: fs.FSWatcher | undefined
   private sink: PushSink | undefined
   private backlog: string[] = []
@@ -120,7 +121,9 @@ export class StoreWatcher {
   private consider(name: string): void {
     if (!isPushCandidateName(name) || this.handled.has(name)) return
     this.candidates.add(name)
-    this.checkTimer ??= setTimeout(() => void this.checkNow(), CHECK_DELAY_MS)
+    // Idle: check at once (every millisecond counts towards time-to-cache); busy: gather.
+    if (this.checksUnderWay === 0) void this.checkNow()
+    else this.checkTimer ??= setTimeout(() => void this.checkNow(), CHECK_DELAY_MS)
   }
 
   private checkNow(): Promise<void> {
@@ -128,10 +131,14 @@ export class StoreWatcher {
     this.checkTimer = undefined
     const batch = [...this.candidates]
     this.candidates = new Set()
+    // Claimed now: the events that follow a lock's removal must not queue the same path again.
+    for (const name of batch) this.handled.add(name)
     // Serialised, so a drain waits for checks already under way.
+    this.checksUnderWay++
     this.checking = this.checking
       .then(() => this.check(batch))
       .catch((err: unknown) => this.opts.info?.(`store check failed: ${err instanceof Error ? err.message : String(err)}`))
+      .finally(() => this.checksUnderWay--)
     return this.checking
   }
 
@@ -143,13 +150,16 @@ export class StoreWatcher {
     try {
       const invalid = await invalidPaths(paths)
       valid = paths.filter((p) => !invalid.has(p))
-      for (const p of invalid) this.opts.debug?.(`not valid (yet), skipped: ${p}`)
+      for (const p of invalid) {
+        this.opts.debug?.(`not valid (yet), skipped: ${p}`)
+        this.handled.delete(path.basename(p)) // a later event or rescan brings it back
+      }
       infos = await queryPathInfo(valid)
     } catch (err) {
       this.opts.info?.(`could not check new store paths: ${(err as Error).message}`)
+      for (const name of names) this.handled.delete(name)
       return
     }
-    for (const p of valid) this.handled.add(path.basename(p))
     const ours = this.opts.ours ? await this.opts.ours(infos.map((i) => i.path)) : undefined
     const toPush: string[] = []
     for (const info of infos) {

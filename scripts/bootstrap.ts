@@ -2,7 +2,7 @@
 // before_script: find the cache, make Nix substitute from it, get a push client, start the watcher.
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { minimist, which } from 'zx'
+import minimist from 'minimist'
 import watcherSource from 'greedy-nix:watcher-source'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { startWatcher } from '../lib/control.js'
@@ -65,6 +65,7 @@ async function getAtticClient(installable: string, outLink: string): Promise<str
     return path.join(outLink, 'bin', 'attic')
   }
   debug(`${installable} is not in the cache: ${r.stderr.trim().split('\n').pop()}`)
+  const { which } = await import('zx/core') // only this fallback needs it: loaded here, not at start-up
   const onPath = await which('attic', { nothrow: true })
   if (onPath) {
     info(`attic client from PATH: ${onPath}`)

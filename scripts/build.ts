@@ -2,7 +2,7 @@
 // script: nix build, greedily (--keep-going), then drain the watcher so this stage's work is in
 // the cache before the stage ends (the docker executor kills the watcher then). Exits with Nix's code.
 import os from 'node:os'
-import { minimist } from 'zx'
+import minimist from 'minimist'
 import { cacheProblem, handledInfoFlags, loadConfig, parseInstallables, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { drainWatcher, stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'

@@ -2,7 +2,7 @@
 // after_script: stop the watcher (it may be gone already), push the result closures once more,
 // and report: one summary line, summary.json, and OpenMetrics for GitLab.
 import fs from 'node:fs/promises'
-import { minimist } from 'zx'
+import minimist from 'minimist'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'

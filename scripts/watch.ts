@@ -2,7 +2,7 @@
 // The background watcher: start it, drain it, stop it, ask whether it runs, or be it (`run`).
 import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
-import { minimist } from 'zx'
+import minimist from 'minimist'
 import { cacheProblem, EXIT_NOT_RUNNING, handledInfoFlags, loadConfig, runAsEntry, watchRunArgv, type CommandInfo } from '../lib/cli.js'
 import { drainWatcher, startWatcher, stopWatcher, type DrainResult } from '../lib/control.js'
 import { runWatcher } from '../lib/daemon.js'

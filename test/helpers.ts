@@ -7,7 +7,12 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+/** The checkout: the nearest folder up with our package.json (the benchmarks run these helpers bundled, from bench/.out). */
+export const ROOT = findRoot(path.dirname(fileURLToPath(import.meta.url)))
+function findRoot(dir: string): string {
+  for (let d = dir; d !== path.dirname(d); d = path.dirname(d)) if (fs.existsSync(path.join(d, 'tsup.config.ts'))) return d
+  throw new Error(`no greedy-nix checkout above ${dir}`)
+}
 export const DIST = path.join(ROOT, 'dist')
 export const ATTIC_DOUBLE = path.join(ROOT, 'test', 'fixtures', 'attic')
 

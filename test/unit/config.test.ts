@@ -37,6 +37,7 @@ describe('parseConfig', () => {
 
   it.each([
     ['ATTIC_SERVER', 'ftp://x', /^ATTIC_SERVER: "ftp:\/\/x" expected an http:\/\/ or https:\/\/ URL/],
+    ['ATTIC_SERVER', ' , ', /^ATTIC_SERVER: " , " expected at least one URL/],
     ['GREEDY_CACHE_URL', 'cache.example.org', /^GREEDY_CACHE_URL: "cache.example.org" expected a Nix store URL/],
     ['GREEDY_DRAIN_TIMEOUT', 'soon', /^GREEDY_DRAIN_TIMEOUT: "soon" expected a number of seconds/],
     ['GREEDY_STRICT', 'maybe', /^GREEDY_STRICT: "maybe" expected 1 or 0/],

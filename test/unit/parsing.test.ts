@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parsePushLine } from '../../lib/attic.js'
-import { backoffMs, classifyError } from '../../lib/retry.js'
+import { backoffMs, classifyError, RetryBudget } from '../../lib/retry.js'
 import { nixBuildArgs, parseNixVersion, parsePathInfoJson, pathInfoJsonArgs } from '../../lib/nix.js'
 import { BuildLog, parseNixLogLine } from '../../lib/nixlog.js'
 import { isPushCandidateName, needsPush } from '../../lib/watcher.js'
@@ -152,5 +152,23 @@ describe('retry policy', () => {
     expect(backoffMs(1, () => 0)).toBe(500)
     expect(backoffMs(1, () => 0.999)).toBeLessThan(1500)
     expect(backoffMs(10, () => 0.5)).toBe(15_000)
+  })
+
+  const at = (file: string) => `error: unable to upload 'http://c/${file}': HTTP error 503 ('Service Unavailable')`
+  it('gives up after three tries that fail at the same file', () => {
+    const budget = new RetryBudget(10)
+    expect([1, 2, 3].map(() => budget.failed(at('a.narinfo')))).toEqual([true, true, false])
+    const down = new RetryBudget(10)
+    const refused = "error: unable to download 'http://c/a.narinfo': Couldn't connect to server (7)"
+    expect([1, 2, 3].map(() => down.failed(refused))).toEqual([true, true, false])
+  })
+
+  it('counts again when a try failed further on than the last, at most three tries per path', () => {
+    const budget = new RetryBudget(2)
+    // every upload's first try refused: each of two paths costs two failures, and the batch still gets through
+    expect(['nar/a', 'a.narinfo', 'nar/b', 'b.narinfo'].map((f) => budget.failed(at(f)))).toEqual([true, true, true, true])
+    expect(budget.nextTry).toBe(2)
+    expect(budget.failed(at('c.narinfo'))).toBe(true)
+    expect(budget.failed(at('d.narinfo'))).toBe(false) // 6 tries for 2 paths: enough
   })
 })

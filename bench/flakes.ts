@@ -1,0 +1,55 @@
+// Flakes for benchmarks: chains (each link depends on the one before) and wide fans (independent
+// leaves under one top), of /bin/sh derivations with a chosen build time and output size, and an
+// optional failure at position K. Names carry a unique prefix so no run reuses another's paths.
+import fs from 'node:fs'
+import path from 'node:path'
+
+export interface FlakeShape {
+  prefix: string
+  kind: 'chain' | 'fan'
+  count: number
+  /** Seconds each derivation's builder sleeps. */
+  seconds?: number
+  /** Bytes of output per derivation (written with head -c from /dev/urandom). */
+  bytes?: number
+  /** 1-based position of a derivation that fails (at once, without sleeping). */
+  failAt?: number
+}
+
+const system = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'
+
+export function writeBenchFlake(dir: string, shape: FlakeShape): void {
+  fs.mkdirSync(dir, { recursive: true })
+  // The failing derivation fails at once, as a compile error does: the build ends right after it.
+  const body = (i: number, dep: string) =>
+    shape.failAt === i
+      ? `${dep ? `: ${dep}; ` : ''}echo ${shape.prefix}-${i} fails >&2; exit 1` // `:` keeps the dependency
+      : [
+          `sleep ${shape.seconds ?? 0}`,
+          `mkdir $out`,
+          `head -c ${shape.bytes ?? 16} /dev/urandom > $out/data`,
+          dep ? `echo ${dep} > $out/dep` : '',
+        ].filter(Boolean).join('; ')
+  const lines: string[] = []
+  for (let i = 1; i <= shape.count; i++) {
+    const dep = shape.kind === 'chain' && i > 1 ? `\${d${i - 1}}` : ''
+    lines.push(`    d${i} = mk "${shape.prefix}-${i}" "${body(i, dep)}";`)
+  }
+  // The fan's top lists its leaves in a file (passAsFile): thousands of store paths overflow one argument.
+  const top = shape.kind === 'chain'
+    ? `d${shape.count}`
+    : `derivation { name = "${shape.prefix}-top"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; ` +
+      `leaves = [ ${Array.from({ length: shape.count }, (_, i) => `d${i + 1}`).join(' ')} ]; passAsFile = [ "leaves" ]; ` +
+      `args = [ "-c" "mkdir $out; cat $leavesPath > $out/all" ]; }`
+  fs.writeFileSync(
+    path.join(dir, 'flake.nix'),
+    `{
+  outputs = { self }: let
+    system = "${system}";
+    mk = name: cmd: derivation { inherit name system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" cmd ]; };
+${lines.join('\n')}
+  in { packages.\${system} = { default = ${top}; ${Array.from({ length: shape.count }, (_, i) => `d${i + 1} = d${i + 1};`).join(' ')} }; };
+}
+`,
+  )
+}

@@ -1,0 +1,378 @@
+// `npm run bench [scenario...]`: the benchmarks of docs/BENCHMARKS.md, on real Nix with real
+// binary caches (file:// and nginx over HTTP) and the bundles as built. Compared variants run side
+// by side, alternating, BENCH_RUNS times (default 3); figures are medians with their spread.
+// A full run (no scenario named) rewrites the figures in docs/BENCHMARKS.md.
+import { spawnSync } from 'node:child_process'
+import fs from 'node:fs'
+import os from 'node:os'
+import path from 'node:path'
+import { otherWatchersRunning } from '../lib/attribution.js'
+import { DIST, ROOT, inFileCache, makeKeys, nixEnv, runCmd, tmpDir, uid, type Ran } from '../test/helpers.js'
+import { startHttpCache } from '../test/nginx.js'
+import { writeBenchFlake, type FlakeShape } from './flakes.js'
+
+const RUNS = Number(process.env.BENCH_RUNS ?? 3)
+const SCALE = Number(process.env.BENCH_SCALE ?? 2000)
+const GREEDY = path.join(DIST, 'greedy-nix.mjs')
+const SYSTEM = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'
+
+// ---- small statistics --------------------------------------------------------------------------
+const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b)
+const median = (xs: number[]) => {
+  const s = sorted(xs)
+  return s.length % 2 ? s[(s.length - 1) / 2]! : (s[s.length / 2 - 1]! + s[s.length / 2]!) / 2
+}
+const pct = (xs: number[], p: number) => sorted(xs)[Math.min(xs.length - 1, Math.ceil((p / 100) * xs.length) - 1)]!
+const spread = (xs: number[], unit: string, digits = 2) =>
+  `${median(xs).toFixed(digits)} ${unit} (${Math.min(...xs).toFixed(digits)}–${Math.max(...xs).toFixed(digits)}, n=${xs.length})`
+/** "met" or how far off, for a figure that should stay at or under `limit`. */
+const verdict = (value: number, limit: number) =>
+  value <= limit ? 'met' : `missed by ${(((value - limit) / limit) * 100).toFixed(0)} %`
+
+async function timed<T>(fn: () => Promise<T>): Promise<[T, number]> {
+  const t = process.hrtime.bigint()
+  const r = await fn()
+  return [r, Number(process.hrtime.bigint() - t) / 1e9]
+}
+
+/** A command ended otherwise than the scenario expects (success, or a failed build): stop with its output. */
+function must(r: Ran, what: string, expect: 'ok' | 'build failure' = 'ok'): Ran {
+  const as = expect === 'ok' ? r.code === 0 : r.code !== null && r.code !== 0
+  if (!as) throw new Error(`${what} exited ${r.code}, expected ${expect}:\n${r.out.slice(-2000)}`)
+  return r
+}
+
+// ---- one CI job on this machine ----------------------------------------------------------------
+type Backend = 'file' | 'http'
+
+interface Job {
+  prefix: string
+  project: string
+  /** The folder that holds the cache's .narinfo files (nginx serves it for `http`). */
+  cacheDir: string
+  env: NodeJS.ProcessEnv
+  state: string
+  greedy(...args: string[]): Promise<Ran>
+  nix(...args: string[]): Promise<Ran>
+  /** Out paths of d1…dN (evaluation only). */
+  outs(): string[]
+  inCache(paths: string[]): number
+  watcherPid(): number
+  done(): Promise<void>
+}
+
+let signingKey = ''
+/** Jobs not done yet: a scenario that fails half-way still ends their watchers and caches. */
+const open = new Set<Job>()
+
+async function newJob(name: string, shape: Omit<FlakeShape, 'prefix'>, opts: { backend?: Backend; cacheFrom?: Job; prefix?: string } = {}): Promise<Job> {
+  const dir = tmpDir(`greedy-bench-${name}-`)
+  const project = path.join(dir, 'project')
+  const prefix = opts.prefix ?? `bench-${name}-${uid()}`
+  writeBenchFlake(project, { ...shape, prefix })
+  let cacheDir = path.join(dir, 'cache')
+  let cacheUrl = `file://${cacheDir}`
+  let stop = async () => {}
+  if (opts.cacheFrom) {
+    cacheDir = opts.cacheFrom.cacheDir
+    cacheUrl = opts.cacheFrom.env.GREEDY_CACHE_URL!
+  } else if (opts.backend === 'http') {
+    const http = await startHttpCache(path.join(dir, 'nginx'))
+    cacheDir = http.cacheDir
+    cacheUrl = http.url
+    stop = http.stop
+  }
+  const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, GREEDY_CACHE_URL: cacheUrl, GREEDY_SIGNING_KEY: signingKey, GREEDY_DEBUG: '1' })
+  const state = path.join(project, '.greedy-nix')
+  const job: Job = {
+    prefix, project, cacheDir, env, state,
+    greedy: (...args) => runCmd(process.execPath, [GREEDY, ...args], { env, cwd: project, timeoutMs: 3_600_000 }),
+    nix: (...args) => runCmd('nix', args, { env, cwd: project, timeoutMs: 3_600_000 }),
+    outs: () => {
+      const r = spawnSync('nix', ['eval', '--json', `${project}#packages.${SYSTEM}`, '--apply', 'ps: builtins.mapAttrs (n: p: p.outPath) ps'], { env, encoding: 'utf8' })
+      if (r.status !== 0) throw new Error(`nix eval failed: ${r.stderr}`)
+      const all = JSON.parse(r.stdout) as Record<string, string>
+      return Array.from({ length: shape.count }, (_, i) => all[`d${i + 1}`]!)
+    },
+    inCache: (paths) => paths.filter((p) => inFileCache(cacheDir, p)).length,
+    watcherPid: () => Number(fs.readFileSync(path.join(state, 'watch.pid'), 'utf8').split('\n')[0]),
+    done: async () => {
+      open.delete(job)
+      // a watcher left running would put every later job's watcher in attribution mode
+      await runCmd(process.execPath, [GREEDY, 'watch', 'stop'], { env: { ...env, GREEDY_DRAIN_TIMEOUT: '0' }, cwd: project })
+      await stop()
+      fs.rmSync(dir, { recursive: true, force: true })
+    },
+  }
+  open.add(job)
+  return job
+}
+
+// ---- scenarios ---------------------------------------------------------------------------------
+interface Section {
+  title: string
+  rows: [string, string][]
+  /** Target lines for the summary: "what: value — met / missed by …". */
+  targets?: string[]
+}
+
+async function salvage(): Promise<Section> {
+  const N = 20
+  const K = 15
+  const shape = { kind: 'chain' as const, count: N, failAt: K, seconds: 0.2, bytes: 4 << 20 }
+  const variants: Record<string, (j: Job) => Promise<void>> = {
+    'greedy-nix, file://': async (j) => {
+      must(await j.greedy('bootstrap'), 'bootstrap')
+      must(await j.greedy('build'), 'build', 'build failure')
+    },
+    'greedy-nix, HTTP (nginx)': async (j) => {
+      must(await j.greedy('bootstrap'), 'bootstrap')
+      must(await j.greedy('build'), 'build', 'build failure')
+    },
+    'end-of-build push of the result closure': async (j) => {
+      // `nix build && nix copy --to $CACHE ./result`: the build fails, so the push never runs
+      must(await j.nix('build', '--keep-going', '--out-link', 'result'), 'nix build', 'build failure')
+    },
+    "the seed's watch-store pattern (no drain, killed at stage end)": async (j) => {
+      must(await j.greedy('bootstrap'), 'bootstrap')
+      must(await j.nix('build', '--keep-going', '--out-link', 'result'), 'nix build', 'build failure')
+      process.kill(j.watcherPid(), 'SIGKILL')
+    },
+  }
+  const shares: Record<string, number[]> = Object.fromEntries(Object.keys(variants).map((v) => [v, []]))
+  for (let run = 0; run < RUNS; run++) {
+    for (const [variant, act] of Object.entries(variants)) {
+      const j = await newJob('salvage', shape, { backend: variant.includes('HTTP') ? 'http' : 'file' })
+      const finished = j.outs().slice(0, K - 1)
+      await act(j)
+      shares[variant]!.push((100 * j.inCache(finished)) / finished.length) // the moment the build step is over
+      if (variant.startsWith('greedy-nix')) await j.greedy('push')
+      await j.done()
+    }
+  }
+  return {
+    title: `1. Salvage — chain of ${N} (0.2 s, 4 MiB each), failure at ${K}: share of the ${K - 1} finished outputs in the cache when the build step exits`,
+    rows: Object.entries(shares).map(([v, xs]) => [v, spread(xs, '%', 0)]),
+  }
+}
+
+async function resume(): Promise<Section> {
+  const N = 20
+  const K = 15
+  const seconds = 0.5
+  const warm: number[] = []
+  const cold: number[] = []
+  const counts = new Set<string>()
+  for (let run = 0; run < RUNS; run++) {
+    const prefix = `bench-resume-${uid()}`
+    const a = await newJob('resume-a', { kind: 'chain', count: N, failAt: K, seconds }, { prefix })
+    must(await a.greedy('bootstrap'), 'bootstrap')
+    must(await a.greedy('build'), 'build', 'build failure')
+    must(await a.greedy('push'), 'push')
+    // pipeline B runs on another machine: nothing of A's is in its store
+    must(await a.nix('store', 'delete', ...a.outs().slice(0, K - 1)), 'nix store delete')
+    const b = await newJob('resume-b', { kind: 'chain', count: N, seconds }, { prefix, cacheFrom: a })
+    must(await b.greedy('bootstrap'), 'bootstrap')
+    const [rb, tb] = await timed(() => b.greedy('build'))
+    must(rb, 'build')
+    must(await b.greedy('push'), 'push')
+    const m = /nix build exited \d+: (\d+) built, (\d+) substituted/.exec(rb.out)
+    counts.add(m ? `${m[1]} built, ${m[2]} substituted` : 'counts not found')
+    warm.push(tb)
+    const c = await newJob('resume-cold', { kind: 'chain', count: N, seconds })
+    const [rc, tc] = await timed(() => c.nix('build', '--no-link'))
+    must(rc, 'nix build')
+    cold.push(tc)
+    for (const j of [b, a, c]) await j.done()
+  }
+  const ratio = median(warm) / median(cold)
+  return {
+    title: `2. Resume — the pipeline after (1), failure fixed, on a machine without (1)'s outputs (each link sleeps ${seconds} s)`,
+    rows: [
+      ['pipeline B with greedy-nix: derivations of the chain', [...counts].join('; ')],
+      ['pipeline B build step (greedy-nix, from the cache)', spread(warm, 's')],
+      ['cold build of the same chain (plain nix build)', spread(cold, 's')],
+      ['B / cold', `${ratio.toFixed(2)} ×`],
+    ],
+  }
+}
+
+async function timeToCache(): Promise<Section> {
+  const N = 50
+  const deltas: Record<Backend, number[]> = { file: [], http: [] }
+  for (let run = 0; run < RUNS; run++) {
+    for (const backend of ['file', 'http'] as const) {
+      const j = await newJob('ttc', { kind: 'chain', count: N, seconds: 0.05 }, { backend })
+      fs.mkdirSync(j.cacheDir, { recursive: true })
+      must(await j.greedy('bootstrap'), 'bootstrap')
+      const lockGone = new Map<string, number>()
+      const cached = new Map<string, number>()
+      const storeWatch = fs.watch('/nix/store', (_e, name) => {
+        if (typeof name === 'string' && name.endsWith('.lock') && name.includes(j.prefix) && !fs.existsSync(`/nix/store/${name}`)) {
+          if (!lockGone.has(name.slice(0, 32))) lockGone.set(name.slice(0, 32), performance.now())
+        }
+      })
+      const cacheWatch = fs.watch(j.cacheDir, (_e, name) => {
+        const hash = typeof name === 'string' && name.endsWith('.narinfo') ? name.slice(0, 32) : undefined
+        if (hash && !cached.has(hash) && fs.existsSync(path.join(j.cacheDir, name as string))) cached.set(hash, performance.now())
+      })
+      must(await j.greedy('build'), 'build')
+      storeWatch.close()
+      cacheWatch.close()
+      for (const [hash, t] of lockGone) {
+        const c = cached.get(hash)
+        if (c !== undefined) deltas[backend].push(c - t)
+      }
+      must(await j.greedy('push'), 'push')
+      await j.done()
+    }
+  }
+  const row = (xs: number[]): string =>
+    xs.length ? `median ${median(xs).toFixed(0)} ms, p95 ${pct(xs, 95).toFixed(0)} ms, max ${Math.max(...xs).toFixed(0)} ms (${xs.length} paths)` : 'no path measured'
+  return {
+    title: `3. Time-to-cache — chain of ${N}: from the lock's removal to the .narinfo in the cache, per path, ${RUNS} runs pooled`,
+    rows: [['file://', row(deltas.file)], ['HTTP (nginx)', row(deltas.http)]],
+  }
+}
+
+async function overhead(): Promise<Section> {
+  const shape = { kind: 'chain' as const, count: 10, seconds: 1, bytes: 1 << 20 }
+  const times: Record<string, number[]> = { 'greedy-nix build, file://': [], 'greedy-nix build, HTTP (nginx)': [], 'plain nix build': [] }
+  for (let run = 0; run < RUNS; run++) {
+    for (const variant of Object.keys(times)) {
+      const j = await newJob('overhead', shape, { backend: variant.includes('HTTP') ? 'http' : 'file' })
+      if (variant === 'plain nix build') {
+        times[variant]!.push((await timed(async () => must(await j.nix('build', '--out-link', 'result', '--keep-going'), 'nix build')))[1])
+      } else {
+        must(await j.greedy('bootstrap'), 'bootstrap')
+        times[variant]!.push((await timed(async () => must(await j.greedy('build'), 'build')))[1])
+        must(await j.greedy('push'), 'push')
+      }
+      await j.done()
+    }
+  }
+  const plain = median(times['plain nix build']!)
+  const ratios = Object.keys(times).filter((v) => v !== 'plain nix build').map((v) => [v, median(times[v]!) / plain] as const)
+  return {
+    title: '4. Overhead — `greedy-nix build` (watcher pushing, drained at the end) vs plain `nix build`, chain of 10 × 1 s, 1 MiB outputs',
+    rows: [
+      ...Object.entries(times).map(([v, xs]) => [v, spread(xs, 's')] as [string, string]),
+      ...ratios.map(([v, r]) => [`${v} / plain (target ≤ 1.05)`, `${r.toFixed(3)} ×`] as [string, string]),
+    ],
+    targets: ratios.map(([v, r]) => `Overhead, ${v}: ${r.toFixed(3)} × plain nix build (≤ 1.05) — ${verdict(r, 1.05)}`),
+  }
+}
+
+async function scale(): Promise<Section> {
+  const j = await newJob('scale', { kind: 'fan', count: SCALE })
+  must(await j.greedy('bootstrap'), 'bootstrap')
+  const pid = j.watcherPid()
+  const [b, tb] = await timed(() => j.greedy('build'))
+  must(b, 'build')
+  const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024
+  const drain = /cache up to date in ([\d.]+)s/.exec(b.out)?.[1]
+  must(await j.greedy('push'), 'push')
+  const log = fs.readFileSync(path.join(j.state, 'watch.log'), 'utf8')
+  const copies = (log.match(/nix copy: \d+ path\(s\)/g) ?? []).length
+  const leaves = j.inCache(j.outs())
+  await j.done()
+  return {
+    title: `5. Scale — a fan of ${SCALE} small new paths (and their top) in one job, file://, one run`,
+    rows: [
+      [`leaves in the cache after the job (of ${SCALE})`, String(leaves)],
+      ['nix copy processes the watcher started', String(copies)],
+      ['watcher peak RSS (target ≤ 100 MiB)', `${hwm.toFixed(1)} MiB`],
+      ['drain at the end of build', `${drain ?? '?'} s`],
+      ['build step wall time', `${tb.toFixed(1)} s`],
+    ],
+    targets: [
+      `Scale: ${leaves} of ${SCALE} leaves in the cache — ${leaves === SCALE ? 'met' : `missed: ${SCALE - leaves} missing`}`,
+      `Scale: watcher peak RSS ${hwm.toFixed(1)} MiB (≤ 100) — ${verdict(hwm, 100)}`,
+    ],
+  }
+}
+
+async function startup(): Promise<Section> {
+  const n = Math.max(15, RUNS * 5)
+  const time = async (args: string[]) => {
+    const xs: number[] = []
+    for (let i = 0; i < n; i++) xs.push((await timed(() => runCmd(process.execPath, args, { env: { PATH: process.env.PATH } })))[1] * 1000)
+    return xs
+  }
+  const bare = median(await time(['-e', '']))
+  const rows: [string, string][] = [["node -e ''", `${bare.toFixed(0)} ms`]]
+  const targets: string[] = []
+  for (const name of ['bootstrap', 'watch', 'build', 'push', 'greedy-nix']) {
+    const file = path.join(DIST, `${name}.mjs`)
+    const ms = median(await time([file, '--help']))
+    const ratio = ms / bare
+    rows.push([`${name}.mjs --help (${(fs.statSync(file).size / 1024).toFixed(0)} KiB)`, `${ms.toFixed(0)} ms, ${ratio.toFixed(2)} × bare node`])
+    targets.push(`Startup, ${name}.mjs: ${ratio.toFixed(2)} × bare node (≤ 1.5) — ${verdict(ratio, 1.5)}`)
+  }
+  return { title: `6. Startup — each bundle's \`--help\` vs bare node, medians of ${n} runs, and bundle sizes`, rows, targets }
+}
+
+const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, scale, startup }
+
+async function main(): Promise<void> {
+  const chosen = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS)
+  const unknown = chosen.filter((name) => !SCENARIOS[name])
+  if (unknown.length) throw new Error(`unknown scenario ${unknown.join(', ')}: choose from ${Object.keys(SCENARIOS).join(', ')}`)
+  if (otherWatchersRunning()) {
+    throw new Error(`greedy-nix watchers already run on this machine (${path.join(os.tmpdir(), 'greedy-nix-watchers')}): with company, a watcher pushes only what \`greedy-nix build\` realised, which changes the figures; stop them first`)
+  }
+  signingKey = makeKeys(nixEnv(tmpDir('greedy-bench-key-')), `bench-${uid()}`)[0]
+  const sections: Section[] = []
+  for (const name of chosen) {
+    process.stderr.write(`bench: ${name}…\n`)
+    const [s, t] = await timed(() => SCENARIOS[name]!())
+    process.stderr.write(`bench: ${name} took ${t.toFixed(0)} s\n`)
+    sections.push(s)
+    process.stdout.write(`\n${render(s)}`)
+  }
+  if (chosen.length === Object.keys(SCENARIOS).length) writeReport(sections)
+}
+
+function render(s: Section): string {
+  return `### ${s.title}\n\n| | |\n|---|---|\n${s.rows.map(([k, v]) => `| ${k} | ${v} |`).join('\n')}\n`
+}
+
+const START = '<!-- figures: written by `npm run bench`, do not edit by hand -->'
+const END = '<!-- end of figures -->'
+
+/** Replace the figures block of docs/BENCHMARKS.md, keeping the text around it. */
+function writeReport(sections: Section[]): void {
+  const file = path.join(ROOT, 'docs', 'BENCHMARKS.md')
+  const nix = spawnSync('nix', ['--version'], { encoding: 'utf8' }).stdout.trim()
+  const cpu = os.cpus()[0]?.model.trim() ?? 'unknown CPU'
+  const machine = `${os.type()} ${os.release()} ${os.arch()}, ${os.cpus().length} × ${cpu}, ${(os.totalmem() / 2 ** 30).toFixed(0)} GiB RAM; node ${process.version}; ${nix}`
+  const targets = sections.flatMap((s) => s.targets ?? [])
+  const block = [
+    START,
+    `Machine: ${machine}  `,
+    `Date: ${new Date().toISOString().slice(0, 10)}  `,
+    `Command: \`BENCH_RUNS=${RUNS} npm run bench\``,
+    '',
+    '#### Targets',
+    '',
+    ...targets.map((t) => `- ${t}`),
+    '',
+    ...sections.map(render),
+    END,
+  ].join('\n')
+  const text = fs.readFileSync(file, 'utf8')
+  const from = text.indexOf(START)
+  const to = text.indexOf(END)
+  if (from === -1 || to === -1) throw new Error(`${file} has lost its figures markers`)
+  fs.writeFileSync(file, text.slice(0, from) + block + text.slice(to + END.length))
+  process.stderr.write(`bench: figures written to ${path.relative(ROOT, file)}\n`)
+}
+
+main()
+  .finally(async () => {
+    for (const job of [...open]) await job.done()
+  })
+  .catch((err: unknown) => {
+    process.stderr.write(`bench failed: ${err instanceof Error ? (err.stack ?? err.message) : String(err)}\n`)
+    process.exitCode = 1
+  })
