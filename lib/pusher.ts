@@ -32,16 +32,22 @@ export interface SinkOptions {
 
 /** The most paths one push process takes. */
 const BATCH_MAX = 64
+/**
+ * The least time between the starts of two push processes. A path that comes alone goes at once;
+ * a stream of small paths (thousands of tiny derivations) goes in batches, at most four processes
+ * a second, instead of one `nix copy` per path competing with the build for CPU.
+ */
+const MIN_GAP_MS = 250
 
 /**
  * Hands paths to `push` one batch at a time, in the order they became valid (dependencies before
- * dependants). An idle batcher pushes a new path at once (no waiting for company: time-to-cache is
- * the point); while a push runs, new paths gather and go together when it ends. Batches grow with
- * the load, and there is never more than one push process.
+ * dependants): never more than one push process, and never two starts closer than MIN_GAP_MS.
  */
 class Batcher {
   private pending: string[] = []
   private running: Promise<void> | undefined
+  private timer: NodeJS.Timeout | undefined
+  private lastStart = -Infinity
 
   /** `push` settles every path it is given and never rejects. */
   constructor(private readonly push: (batch: string[]) => Promise<void>) {}
@@ -51,17 +57,32 @@ class Batcher {
     this.next()
   }
 
-  /** Resolves when every path added so far went through `push`. */
+  /** Resolves when every path added so far went through `push`; a drain does not wait for the gap. */
   async flush(): Promise<void> {
-    while (this.running) await this.running
+    for (;;) {
+      if (!this.running && this.pending.length > 0) this.start()
+      if (!this.running) return
+      await this.running
+    }
   }
 
   kill(): void {
+    clearTimeout(this.timer)
     this.pending = []
   }
 
   private next(): void {
+    if (this.running || this.timer || this.pending.length === 0) return
+    const wait = this.lastStart + MIN_GAP_MS - performance.now()
+    if (wait > 0) this.timer = setTimeout(() => this.start(), wait)
+    else this.start()
+  }
+
+  private start(): void {
+    clearTimeout(this.timer)
+    this.timer = undefined
     if (this.running || this.pending.length === 0) return
+    this.lastStart = performance.now()
     const batch = this.pending.splice(0, BATCH_MAX)
     this.running = this.push(batch).finally(() => {
       this.running = undefined
