@@ -11,10 +11,18 @@ import { DIST, ROOT, inFileCache, makeKeys, nixEnv, runCmd, tmpDir, uid, type Ra
 import { startHttpCache } from '../test/nginx.js'
 import { writeBenchFlake, type FlakeShape } from './flakes.js'
 
-const RUNS = Number(process.env.BENCH_RUNS ?? 3)
-const SCALE = Number(process.env.BENCH_SCALE ?? 2000)
+const RUNS = positiveInt('BENCH_RUNS', 3)
+const SCALE = positiveInt('BENCH_SCALE', 2000)
 const GREEDY = path.join(DIST, 'greedy-nix.mjs')
 const SYSTEM = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'
+
+function positiveInt(name: string, fallback: number): number {
+  const raw = process.env[name]
+  if (raw === undefined || raw === '') return fallback
+  if (/^[1-9]\d*$/.test(raw)) return Number(raw)
+  process.stderr.write(`bench: ${name}=${JSON.stringify(raw)}: expected a whole number of 1 or more\n`)
+  process.exit(2)
+}
 
 // ---- small statistics --------------------------------------------------------------------------
 const sorted = (xs: number[]) => [...xs].sort((a, b) => a - b)
