@@ -54,6 +54,32 @@ describe('cache problems never fail the job unless GREEDY_STRICT=1', () => {
     expect(strict.out).toContain('GREEDY_CACHE_URL: "not a url"')
   })
 
+  it.each([
+    ['ATTIC_TOKEN_FILE', { ATTIC_SERVER: 'http://127.0.0.1:9', ATTIC_TOKEN_FILE: 'no/such/token' }, /ATTIC_TOKEN_FILE: cannot read ".*\/no\/such\/token" \(ENOENT\)/],
+    ['GREEDY_SIGNING_KEY_FILE', { GREEDY_CACHE_URL: 'file:///tmp/greedy-unused-cache', GREEDY_SIGNING_KEY_FILE: '.' }, /GREEDY_SIGNING_KEY_FILE: cannot read ".*" \(EISDIR\)/],
+  ])('a %s that cannot be read is named; the job goes on without the cache, or fails in strict mode', async (_name, env, message) => {
+    const j = job(env)
+    const r = await greedy(j.env, j.project, 'bootstrap')
+    expect(r.code).toBe(0)
+    expect(r.out).toMatch(message)
+    expect(fs.existsSync(path.join(j.state, 'watch.pid'))).toBe(false) // no cache: no watcher
+    const strict = await greedy({ ...j.env, GREEDY_STRICT: '1' }, j.project, 'bootstrap')
+    expect(strict.code).toBe(1)
+    expect(strict.out).toMatch(message)
+  })
+
+  it('an installable that does not exist: Nix names it, build returns Nix\'s exit code', async () => {
+    const cache = tmpDir('greedy-cli-cache-')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    writeFlake(j.project, { prefix: `nosuch-${uid()}`, chain: 1 })
+    expect((await greedy(j.env, j.project, 'bootstrap')).code).toBe(0)
+    const r = await greedy(j.env, j.project, 'build', '.#no-such-package')
+    expect(r.code).toBe(1)
+    expect(r.out).toMatch(/does not provide attribute 'packages\.[\w-]+\.no-such-package'/)
+    expect(r.out).toContain('nix build exited 1: 0 built, 0 substituted')
+    expect((await greedy(j.env, j.project, 'push')).code).toBe(0)
+  })
+
   it('an unreachable attic server warns (exit 0), or fails in strict mode; the token is never printed', async () => {
     const token = `secret-${uid()}`
     const closed = await freePort() // nothing listens there

@@ -99,18 +99,35 @@ describe('an HTTP cache that misbehaves', () => {
     console.log(`hang: bootstrap ${boot.seconds}s, build ${b.seconds}s (drain timeout 5s), push ${p.seconds}s`)
   })
 
-  it('a refused connection: every command goes on at once', async () => {
+  it.each([
+    ['a refused connection', async () => `http://127.0.0.1:${await freePort()}`, 'ECONNREFUSED'],
+    ['a name that does not resolve', async () => 'http://cache.invalid', 'ENOTFOUND'], // RFC 6761: never resolves
+  ])('%s: every command goes on at once, the cause named', async (what, url, cause) => {
     const dir = tmpDir('greedy-fault-refused-')
     const project = path.join(dir, 'project')
     writeFlake(project, { prefix: `fault-refused-${uid()}`, chain: 2 })
-    const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, GREEDY_CACHE_URL: `http://127.0.0.1:${await freePort()}` })
+    const cacheUrl = await url()
+    const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, GREEDY_CACHE_URL: cacheUrl })
     const t = Date.now()
-    const codes = [(await greedy(env, project, 'bootstrap')).code, (await greedy(env, project, 'build')).code, (await greedy(env, project, 'push')).code]
+    const runs = [await greedy(env, project, 'bootstrap'), await greedy(env, project, 'build'), await greedy(env, project, 'push')]
     const withCache = seconds(t)
     const plainT = Date.now()
     await runCmd('nix', ['build', '--rebuild', '--no-link'], { env, cwd: project })
-    expect(codes).toEqual([0, 0, 0])
-    console.log(`refused: bootstrap + build + push ${withCache}s; a plain nix build --rebuild ${seconds(plainT)}s`)
+    expect(runs.map((r) => r.code)).toEqual([0, 0, 0])
+    expect(runs[0]!.out).toContain(`${cacheUrl} did not answer (${cause})`)
+    console.log(`${what}: bootstrap + build + push ${withCache}s; a plain nix build --rebuild ${seconds(plainT)}s`)
+  })
+
+  it('a slow server (every answer 1.5 s late): build waits for the drain, everything pushed', async () => {
+    const j = await faultyJob('slow', 2, (r) => (r.method === 'PUT' ? { kind: 'slow', ms: 1500 } : { kind: 'pass' }))
+    expect((await j.run('bootstrap')).code).toBe(0)
+    const b = await j.run('build')
+    expect(b.code).toBe(0)
+    expect(j.links.map((p) => inFileCache(j.cacheDir, p))).toEqual([true, true]) // in the cache when build returns
+    expect(b.out).toMatch(/cache up to date in [\d.]+s: 2 pushed so far, 0 failed, 0 pending/)
+    expect((await j.run('push')).code).toBe(0)
+    expect(j.summary().incremental).toMatchObject({ pushed: 2, failed: 0 })
+    console.log(`slow: build ${b.seconds}s, ${j.proxy.log.filter((l) => l.fault === 'slow').length} uploads answered 1.5 s late`)
   })
 })
 
