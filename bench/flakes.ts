@@ -2,7 +2,7 @@
 // leaves under one top), of /bin/sh derivations with a chosen build time and output size, and an
 // optional failure at position K. Names carry a unique prefix so no run reuses another's paths.
 import fs from 'node:fs'
-import path from 'node:path'
+import { writeShFlake } from '../test/helpers.js'
 
 export interface FlakeShape {
   prefix: string
@@ -15,8 +15,6 @@ export interface FlakeShape {
   /** 1-based position of a derivation that fails (at once, without sleeping). */
   failAt?: number
 }
-
-const system = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'
 
 export function writeBenchFlake(dir: string, shape: FlakeShape): void {
   fs.mkdirSync(dir, { recursive: true })
@@ -41,15 +39,5 @@ export function writeBenchFlake(dir: string, shape: FlakeShape): void {
     : `derivation { name = "${shape.prefix}-top"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; ` +
       `leaves = [ ${Array.from({ length: shape.count }, (_, i) => `d${i + 1}`).join(' ')} ]; passAsFile = [ "leaves" ]; ` +
       `args = [ "-c" "mkdir $out; cat $leavesPath > $out/all" ]; }`
-  fs.writeFileSync(
-    path.join(dir, 'flake.nix'),
-    `{
-  outputs = { self }: let
-    system = "${system}";
-    mk = name: cmd: derivation { inherit name system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" cmd ]; };
-${lines.join('\n')}
-  in { packages.\${system} = { default = ${top}; ${Array.from({ length: shape.count }, (_, i) => `d${i + 1} = d${i + 1};`).join(' ')} }; };
-}
-`,
-  )
+  writeShFlake(dir, lines, `default = ${top}; ${Array.from({ length: shape.count }, (_, i) => `d${i + 1} = d${i + 1};`).join(' ')}`)
 }

@@ -7,14 +7,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { otherWatchersRunning } from '../lib/attribution.js'
-import { DIST, ROOT, inFileCache, makeKeys, nixEnv, runCmd, tmpDir, uid, type Ran } from '../test/helpers.js'
+import { DIST, ROOT, inFileCache, makeKeys, nixEnv, packagePaths, runCmd, tmpDir, uid, type Ran } from '../test/helpers.js'
 import { startHttpCache } from '../test/nginx.js'
 import { writeBenchFlake, type FlakeShape } from './flakes.js'
 
 const RUNS = positiveInt('BENCH_RUNS', 3)
 const SCALE = positiveInt('BENCH_SCALE', 2000)
 const GREEDY = path.join(DIST, 'greedy-nix.mjs')
-const SYSTEM = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'
 
 function positiveInt(name: string, fallback: number): number {
   const raw = process.env[name]
@@ -97,9 +96,7 @@ async function newJob(name: string, shape: Omit<FlakeShape, 'prefix'>, opts: { b
     greedy: (...args) => runCmd(process.execPath, [GREEDY, ...args], { env, cwd: project, timeoutMs: 3_600_000 }),
     nix: (...args) => runCmd('nix', args, { env, cwd: project, timeoutMs: 3_600_000 }),
     outs: () => {
-      const r = spawnSync('nix', ['eval', '--json', `${project}#packages.${SYSTEM}`, '--apply', 'ps: builtins.mapAttrs (n: p: p.outPath) ps'], { env, encoding: 'utf8' })
-      if (r.status !== 0) throw new Error(`nix eval failed: ${r.stderr}`)
-      const all = JSON.parse(r.stdout) as Record<string, string>
+      const all = packagePaths(env, project)
       return Array.from({ length: shape.count }, (_, i) => all[`d${i + 1}`]!)
     },
     inCache: (paths) => paths.filter((p) => inFileCache(cacheDir, p)).length,

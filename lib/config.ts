@@ -65,8 +65,9 @@ export const VARIABLES = {
 
 export type Variable = keyof typeof VARIABLES
 
-const trimmed = z.string().check(z.trim())
+/** A string, trimmed, then held to `checks`. */
 const trim = (...checks: z.core.$ZodCheck<string>[]) => z.string().check(z.trim(), ...checks)
+const trimmed = trim()
 const httpUrl = trim(
   z.refine((s) => /^https?:$/.test(safeUrl(s)?.protocol ?? ''), { error: 'expected an http:// or https:// URL' }),
   z.refine((s) => !hasCredentials(s), { error: 'expected a URL without user:password (the token goes in ATTIC_TOKEN)', abort: true }),

@@ -7,7 +7,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
-/** The checkout: the nearest folder up with our package.json (the benchmarks run these helpers bundled, from bench/.out). */
+/** The checkout: the nearest folder up with our tsup.config.ts (the benchmarks run these helpers bundled, from bench/.out). */
 export const ROOT = findRoot(path.dirname(fileURLToPath(import.meta.url)))
 function findRoot(dir: string): string {
   for (let d = dir; d !== path.dirname(d); d = path.dirname(d)) if (fs.existsSync(path.join(d, 'tsup.config.ts'))) return d
@@ -84,16 +84,31 @@ export function writeFlake(dir: string, spec: FlakeSpec): void {
     links.push(`    top = mk "${spec.prefix}-top" "echo \${side} \${l${spec.chain}} > $out";`)
   }
   const hasClient = spec.clientAt !== undefined
-  if (hasClient) fs.copyFileSync(ATTIC_DOUBLE, path.join(dir, 'attic'))
+  if (hasClient) {
+    fs.copyFileSync(ATTIC_DOUBLE, path.join(dir, 'attic'))
+    links.unshift(`    attic = derivation { name = "${spec.prefix}-attic-client"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; src = ./attic; args = [ "-c" "mkdir -p $out/bin; cp $src $out/bin/attic; chmod +x $out/bin/attic" ]; };`)
+  }
+  const packages = `default = ${spec.sideFails ? 'top' : `l${spec.chain}`}; ${hasClient ? 'attic-client = attic; ' : ''}${Array.from({ length: spec.chain }, (_, i) => `l${i + 1} = l${i + 1};`).join(' ')}`
+  writeShFlake(dir, links, packages)
+}
+
+/** Nix's name for this machine's platform, as the test flakes use it. */
+export const NIX_SYSTEM = process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'
+
+/**
+ * flake.nix without inputs: `bindings` (Nix `name = value;` lines, which may use `system` and
+ * `mk name cmd`, a /bin/sh derivation) and the attribute set of `packages.<system>`.
+ */
+export function writeShFlake(dir: string, bindings: string[], packages: string): void {
   fs.writeFileSync(
     path.join(dir, 'flake.nix'),
     `{
   outputs = { self }: let
-    system = "${process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'}";
+    system = "${NIX_SYSTEM}";
     mk = name: cmd: derivation { inherit name system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; args = [ "-c" cmd ]; };
-${hasClient ? `    attic = derivation { name = "${spec.prefix}-attic-client"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; src = ./attic; args = [ "-c" "mkdir -p $out/bin; cp $src $out/bin/attic; chmod +x $out/bin/attic" ]; };\n` : ''}${links.join('\n')}
+${bindings.join('\n')}
   in {
-    packages.\${system} = { default = ${spec.sideFails ? 'top' : `l${spec.chain}`}; ${hasClient ? 'attic-client = attic; ' : ''}${Array.from({ length: spec.chain }, (_, i) => `l${i + 1} = l${i + 1};`).join(' ')} };
+    packages.\${system} = { ${packages} };
   };
 }
 `,
@@ -147,10 +162,15 @@ export function outPath(env: NodeJS.ProcessEnv, flakeDir: string, attr: string):
   return nixSync(env, ['eval', '--raw', `${flakeDir}#${attr}.outPath`])
 }
 
+/** The out path of every package of a flake, by attribute name (evaluation only). */
+export function packagePaths(env: NodeJS.ProcessEnv, flakeDir: string): Record<string, string> {
+  const json = nixSync(env, ['eval', '--json', `${flakeDir}#packages.${NIX_SYSTEM}`, '--apply', 'ps: builtins.mapAttrs (n: p: p.outPath) ps'])
+  return JSON.parse(json) as Record<string, string>
+}
+
 /** The store path of every link of the chain, in order (evaluation only). */
 export function chainPaths(env: NodeJS.ProcessEnv, flakeDir: string, n: number): string[] {
-  const json = nixSync(env, ['eval', '--json', `${flakeDir}#packages.${process.arch === 'arm64' ? 'aarch64-linux' : 'x86_64-linux'}`, '--apply', 'ps: builtins.mapAttrs (n: p: p.outPath) ps'])
-  const all = JSON.parse(json) as Record<string, string>
+  const all = packagePaths(env, flakeDir)
   return Array.from({ length: n }, (_, i) => all[`l${i + 1}`]!)
 }
 
