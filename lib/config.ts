@@ -31,8 +31,11 @@ export interface Config {
   signingKey?: string
   signingKeyFile?: string
   trustedPublicKeys: string[]
-  /** The installable that provides the attic client (`bin/attic`). */
-  client: string
+  /**
+   * The installable that provides the attic client (`bin/attic`). Unset: the project's
+   * `.#attic-client` if its flake has one, else `attic` on PATH, else nixpkgs' `attic-client`.
+   */
+  client?: string
   stateDir: string
   /** Seconds a drain may take before the job moves on. */
   drainTimeout: number
@@ -55,7 +58,7 @@ export const VARIABLES = {
   GREEDY_SIGNING_KEY: { flag: undefined, doc: 'secret key that signs paths pushed to GREEDY_CACHE_URL (secret: environment only)' },
   GREEDY_SIGNING_KEY_FILE: { flag: 'signing-key-file', doc: 'file holding that secret key' },
   GREEDY_TRUSTED_PUBLIC_KEYS: { flag: 'trusted-public-keys', doc: 'public keys of GREEDY_CACHE_URL for substitution (default: derived from the signing key)' },
-  GREEDY_CLIENT: { flag: 'client', doc: 'installable that provides bin/attic (default: .#attic-client)' },
+  GREEDY_CLIENT: { flag: 'client', doc: 'installable that provides bin/attic (default: .#attic-client if the flake has it, else attic on PATH, else nixpkgs#attic-client)' },
   GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
   GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
   GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
@@ -95,7 +98,12 @@ const list = z.transform((s: string) => s.split(/[\s,]+/).filter(Boolean))
 /** One schema per variable; each takes the raw string (already known to be non-empty). */
 const PARSERS = {
   ATTIC_SERVER: z.pipe(z.pipe(trimmed, list), z.array(httpUrl).check(z.minLength(1, { error: 'expected at least one URL' }))),
-  ATTIC_CACHE: trim(z.regex(/^[A-Za-z0-9._-]+$/, { error: 'expected a cache name of letters, digits, ".", "_" or "-"' })),
+  // attic's own rule (attic/src/cache.rs, CACHE_NAME_REGEX): a name it would reject never reaches a server.
+  ATTIC_CACHE: trim(
+    z.regex(/^[A-Za-z0-9][A-Za-z0-9_+-]{0,49}$/, {
+      error: 'expected an attic cache name: a letter or digit, then up to 49 letters, digits, "-", "_" or "+"',
+    }),
+  ),
   ATTIC_TOKEN: z.string(),
   ATTIC_TOKEN_FILE: trimmed,
   GREEDY_CACHE_URL: z.pipe(
@@ -179,7 +187,7 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     signingKey: values.GREEDY_SIGNING_KEY,
     signingKeyFile: values.GREEDY_SIGNING_KEY_FILE && path.resolve(cwd, values.GREEDY_SIGNING_KEY_FILE),
     trustedPublicKeys: values.GREEDY_TRUSTED_PUBLIC_KEYS ?? [],
-    client: values.GREEDY_CLIENT ?? '.#attic-client',
+    client: values.GREEDY_CLIENT,
     stateDir: path.resolve(cwd, values.GREEDY_STATE_DIR ?? path.join(projectDir, '.greedy-nix')),
     drainTimeout: values.GREEDY_DRAIN_TIMEOUT ?? 120,
     include: values.GREEDY_INCLUDE,

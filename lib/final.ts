@@ -5,8 +5,8 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { atticEnv, pushPaths } from './attic.js'
 import type { WatcherStatus } from './daemon.js'
-import { describeFailure } from './exec.js'
-import { copyTo } from './nix.js'
+import { describeFailure, errorLine } from './exec.js'
+import { copyTo, storeDir } from './nix.js'
 import type { Session } from './session.js'
 
 export interface FinalPush {
@@ -32,9 +32,10 @@ export async function finalPush(session: Session, targets: readonly string[], st
   if (!session.attic || !client) {
     return { pushed: [], failed: paths.map((p) => ({ path: p, error: 'no attic client was available in this job' })) }
   }
-  const r = await pushPaths(client, session.attic.cache, paths, { env: atticEnv(session.attic.configHome), timeoutMs })
-  if (r.exitCode === 0 || r.failed.length > 0) return { pushed: r.pushed, failed: r.failed }
-  const error = r.timedOut ? `attic push timed out after ${timeoutMs / 1000}s` : `attic push exit ${r.exitCode}: ${r.stderr.trim().split('\n').pop()}`
+  const r = await pushPaths(client, session.attic.cache, paths, { env: atticEnv(session.attic.configHome), timeoutMs, storeDir: storeDir() })
+  // Planned: every path it uploaded got a line; the rest were cached already.
+  if (r.exitCode === 0 || r.planned) return { pushed: r.pushed, failed: r.failed }
+  const error = r.timedOut ? `attic push timed out after ${timeoutMs / 1000}s` : `attic push failed (exit ${r.exitCode}): ${r.error ?? errorLine(r.stderr)}`
   return { pushed: r.pushed, failed: paths.map((p) => ({ path: p, error })) }
 }
 

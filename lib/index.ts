@@ -5,6 +5,7 @@ export {
   closureOf,
   copyTo,
   invalidPaths,
+  nixArgs,
   nixVersion,
   parseNixVersion,
   parsePathInfoJson,
@@ -23,15 +24,16 @@ export {
 } from './nix.js'
 export { BuildLog, drvName, parseNixLogLine, type BuildCounts, type NixLogEvent } from './nixlog.js'
 export {
-  AtticPushSession,
   atticConfigHome,
   atticEnv,
+  checkPushPermission,
   fetchCacheConfig,
   parsePushLine,
   pushPaths,
   writeClientConfig,
   type CacheConfig,
   type PushLine,
+  type PushPermission,
   type PushOutcome,
 } from './attic.js'
 export { AtticSink, NixCopySink, type PushSink, type Settled, type SinkOptions } from './pusher.js'

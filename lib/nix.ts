@@ -10,6 +10,17 @@ import { BuildLog, parseNixLogLine, type BuildCounts, type NixLogEvent } from '.
 
 export const storeDir = (env: NodeJS.ProcessEnv = process.env): string => env.NIX_STORE_DIR ?? '/nix/store'
 
+/**
+ * Every `nix` command greedy-nix runs turns on what it needs itself: the nixos/nix image's nix.conf
+ * (NixOS/nix docker.nix) enables no experimental feature, so `nix build`, `nix copy`, `nix path-info`
+ * and flake references fail there without it. `--extra-*` adds to what the user's config enables
+ * (Nix >= 2.4); the legacy `nix-store` commands need nothing.
+ */
+export const NIX_FEATURES = ['--extra-experimental-features', 'nix-command flakes'] as const
+
+/** `nix <args>` with the features greedy-nix needs. */
+export const nixArgs = (...args: string[]): string[] => [...NIX_FEATURES, ...args]
+
 export interface NixVersion {
   impl: 'nix' | 'lix'
   major: number
@@ -83,7 +94,7 @@ export function parsePathInfoJson(text: string, dir = '/nix/store'): PathInfo[] 
 /** Path info for valid paths (callers check validity first: older Nix fails on an invalid one). */
 export async function queryPathInfo(paths: readonly string[], timeoutMs = 60_000): Promise<PathInfo[]> {
   if (paths.length === 0) return []
-  const r = await run('nix', ['path-info', ...pathInfoJsonArgs(await nixVersion()), '--', ...paths], { timeoutMs })
+  const r = await run('nix', nixArgs('path-info', ...pathInfoJsonArgs(await nixVersion()), '--', ...paths), { timeoutMs })
   if (r.code !== 0) throw new Error(`nix path-info failed: ${r.stderr.trim().split('\n').pop()}`)
   return parsePathInfoJson(r.stdout, storeDir())
 }
@@ -111,7 +122,7 @@ const COPY_OPTIONS = ['--option', 'download-attempts', '1', '--option', 'connect
 
 export async function copyTo(url: string, paths: readonly string[], opts: { timeoutMs: number; env?: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<CopyResult> {
   const copied: string[] = []
-  const r = await run('nix', ['copy', ...COPY_OPTIONS, '--to', url, ...paths], {
+  const r = await run('nix', nixArgs('copy', ...COPY_OPTIONS, '--to', url, ...paths), {
     timeoutMs: opts.timeoutMs,
     env: opts.env,
     signal: opts.signal,
@@ -132,13 +143,13 @@ export async function closureOf(paths: readonly string[], timeoutMs = 60_000): P
 }
 
 /** Build `installable` from substituters only (`--max-jobs 0`): fails at once when it is not cached. */
-export async function substituteOnly(installable: string, outLink: string, timeoutMs = 300_000): Promise<RunResult> {
-  return run('nix', ['build', installable, '--max-jobs', '0', '--out-link', outLink], { timeoutMs })
+export async function substituteOnly(installable: string, outLink: string, extraArgs: readonly string[] = [], timeoutMs = 300_000): Promise<RunResult> {
+  return run('nix', nixArgs('build', installable, '--max-jobs', '0', '--out-link', outLink, ...extraArgs), { timeoutMs })
 }
 
 /** The public half of a secret signing key, read through stdin so the secret never reaches argv. */
 export async function publicKeyOf(secretKey: string): Promise<string | undefined> {
-  const r = await run('nix', ['key', 'convert-secret-to-public'], { input: secretKey.trim(), timeoutMs: 10_000 })
+  const r = await run('nix', nixArgs('key', 'convert-secret-to-public'), { input: secretKey.trim(), timeoutMs: 10_000 })
   return r.code === 0 ? r.stdout.trim() || undefined : undefined
 }
 
@@ -147,10 +158,10 @@ export async function publicKeyOf(secretKey: string): Promise<string | undefined
  * ./result*) and `--keep-going` (one failure must not stop independent work), unless the user's
  * own arguments already say otherwise.
  */
-export function nixBuildArgs(installables: readonly string[], nixArgs: readonly string[], keepGoing: boolean): string[] {
-  const args = [...installables, ...nixArgs]
-  if (!nixArgs.some((a) => a === '--out-link' || a === '-o' || a === '--no-link')) args.push('--out-link', 'result')
-  if (keepGoing && !nixArgs.some((a) => a === '--keep-going' || a === '-k')) args.push('--keep-going')
+export function nixBuildArgs(installables: readonly string[], userArgs: readonly string[], keepGoing: boolean): string[] {
+  const args = [...installables, ...userArgs]
+  if (!userArgs.some((a) => a === '--out-link' || a === '-o' || a === '--no-link')) args.push('--out-link', 'result')
+  if (keepGoing && !userArgs.some((a) => a === '--keep-going' || a === '-k')) args.push('--keep-going')
   return args
 }
 
@@ -176,7 +187,7 @@ export interface BuildResult extends BuildCounts {
 export function build(opts: BuildOptions): Promise<BuildResult> {
   return new Promise((resolve) => {
     const log = new BuildLog()
-    const child = spawn('nix', ['build', '--log-format', 'internal-json', ...opts.args], {
+    const child = spawn('nix', nixArgs('build', '--log-format', 'internal-json', ...opts.args), {
       stdio: ['ignore', 'inherit', 'pipe'],
       env: opts.env ?? process.env,
     })
@@ -232,4 +243,20 @@ export async function writeNixConfBlock(file: string, lines: readonly string[]):
   if (text && !text.endsWith('\n')) text += '\n'
   await fs.mkdir(path.dirname(file), { recursive: true })
   await fs.writeFile(file, `${text}${BEGIN}\n${lines.join('\n')}\n${END}\n`)
+}
+
+/**
+ * Whether Nix will really substitute from `url`. A nix-daemon ignores the substituters of a user it
+ * does not trust unless they are in its `trusted-substituters`, and says so only as a warning on each
+ * connection: `ignoring untrusted substituter '<url>'` (Nix's daemon.cc; seen on 2.8 and 2.24).
+ * Any store operation opens a connection; this one changes nothing. Returns that warning, if any.
+ */
+export async function ignoredSubstituter(url: string, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  const probe = `${storeDir(env)}/${'0'.repeat(32)}-greedy-nix-probe`
+  const r = await run('nix-store', ['--check-validity', '--print-invalid', probe], { env, timeoutMs: 30_000 })
+  const wanted = url.replace(/\/+$/, '')
+  return r.stderr
+    .split('\n')
+    .map((l) => l.trim())
+    .find((l) => /ignoring untrusted substituter '([^']*)'/.exec(l)?.[1]?.replace(/\/+$/, '') === wanted)
 }

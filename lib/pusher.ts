@@ -1,9 +1,9 @@
 // Push sinks: where the watcher hands valid store paths. Each sink reports every path it was
 // given exactly once as pushed, already cached, or failed, so a drain knows when it is done.
 import { setTimeout as sleep } from 'node:timers/promises'
-import { AtticPushSession, pushPaths, type PushLine } from './attic.js'
+import { pushPaths, type PushOutcome } from './attic.js'
 import { describeFailure, errorLine } from './exec.js'
-import { copyTo } from './nix.js'
+import { copyTo, storeDir } from './nix.js'
 import { backoffMs, classifyError, MAX_ATTEMPTS, RetryBudget } from './retry.js'
 
 export type Settled =
@@ -149,19 +149,18 @@ export class NixCopySink implements PushSink {
 }
 
 /**
- * attic: one long-lived `attic push --stdin` session uploads paths as they arrive. A flush ends
- * the session (attic finishes uploads only at EOF); the next path starts a new one. Paths a
- * session could not settle go through plain `attic push` batches. When a session dies on its
- * own (an old client without --stdin, a crash), the sink switches to batches for good, at once.
+ * attic: one short `attic push CACHE paths…` per batch, as paths become valid. The client plans,
+ * uploads and exits at once; `push --stdin` would hold each path 2–10 s before planning it
+ * (attic client/src/push.rs, PushSession). Each path settles by its own ✅/❌ line: a refused path
+ * fails alone, a path the client did not list was already cached, and only what failed for a
+ * passing reason is tried again. A refusal of the whole cache (a token that cannot push, no such
+ * cache) fails the batch and every later one at once, without running the client again.
  */
 export class AtticSink implements PushSink {
-  private session: AtticPushSession | undefined
-  private inSession = new Set<string>()
-  private chain: Promise<void> = Promise.resolve()
-  private streaming = true
-  private readonly ending = new Set<AtticPushSession>()
+  private readonly batcher = new Batcher((batch) => this.push(batch))
   private readonly stopping = new AbortController()
-  private readonly batcher = new Batcher((batch) => this.pushBatch(batch))
+  /** The server's answer when it refused the whole cache: nothing more is sent. */
+  private refused: string | undefined
 
   constructor(
     private readonly client: string,
@@ -171,89 +170,68 @@ export class AtticSink implements PushSink {
   ) {}
 
   add(paths: readonly string[]): void {
-    if (paths.length === 0) return
-    if (!this.streaming) return this.batcher.add(paths)
-    this.session ??= this.openSession()
-    for (const p of paths) this.inSession.add(p)
-    this.session.add(paths) // if the client is gone, its exit handler moves these paths to batches
+    if (paths.length > 0) this.batcher.add(paths)
   }
 
-  async flush(): Promise<void> {
-    this.chain = this.chain.then(() => this.endSession())
-    await this.chain
-    await this.batcher.flush()
+  flush(): Promise<void> {
+    return this.batcher.flush()
   }
 
   kill(): void {
-    this.session?.kill()
-    for (const s of this.ending) s.kill()
     this.batcher.kill()
     this.stopping.abort()
   }
 
-  private openSession(): AtticPushSession {
-    const session = new AtticPushSession(this.client, this.cache, this.env, (line) => this.onLine(line))
-    void session.exited.then((code) => {
-      if (session.finishing || this.session !== session) return
-      this.session = undefined
-      this.streaming = false
-      const rest = [...this.inSession]
-      this.inSession = new Set()
-      const why = errorLine(session.stderr) || `exit ${code}`
-      this.opts.onWarn(`attic push --stdin ended on its own (${why}); pushing in batches from now on`)
-      this.batcher.add(rest)
-    })
-    return session
-  }
-
-  private onLine(line: PushLine): void {
-    if (line.ok) {
-      this.inSession.delete(line.path)
-      this.opts.onSettled({ path: line.path, status: 'pushed' })
-    } else if (classifyError(line.error).permanent) {
-      // The server refused it (401, 403, 413, ...): another try gets the same answer.
-      this.inSession.delete(line.path)
-      this.opts.onSettled({ path: line.path, status: 'failed', error: line.error })
-    } else {
-      // Keep it: it is retried once in a batch when the session ends.
-      this.opts.onWarn(`attic push: ${line.path}: ${line.error}`)
-    }
-  }
-
-  private async endSession(): Promise<void> {
-    const session = this.session
-    if (!session) return
-    this.session = undefined
-    this.ending.add(session) // still uploading: kill() must reach it too
-    const r = await session.finish(this.opts.runTimeoutMs)
-    this.ending.delete(session)
-    const rest = [...this.inSession]
-    this.inSession = new Set()
-    if (rest.length === 0) return
-    if (r.exitCode === 0) {
-      // attic prints nothing for paths the server already has or that an upstream cache signed.
-      for (const p of rest) this.opts.onSettled({ path: p, status: 'cached' })
-      return
-    }
-    const why = r.timedOut ? `timed out after ${this.opts.runTimeoutMs / 1000}s` : `exit ${r.exitCode}`
-    this.opts.onWarn(`attic push --stdin ended (${why}); retrying ${rest.length} path(s) in one batch`)
-    this.batcher.add(rest)
-  }
-
-  /** `attic push CACHE paths…`; each path settles by its ✅/❌ line, or by the exit code. */
-  private async pushBatch(batch: string[]): Promise<void> {
-    if (this.stopping.signal.aborted) return
-    const r = await pushPaths(this.client, this.cache, batch, { env: this.env, timeoutMs: this.opts.runTimeoutMs, signal: this.stopping.signal })
-    if (this.stopping.signal.aborted) return // stopped: unsettled, not failed
-    const done = new Set(r.pushed)
-    const errors = new Map(r.failed.map((f) => [f.path, f.error]))
-    for (const p of batch) {
-      if (done.has(p)) this.opts.onSettled({ path: p, status: 'pushed' })
-      else if (r.exitCode === 0) this.opts.onSettled({ path: p, status: 'cached' })
-      else {
-        const error = errors.get(p) ?? (r.timedOut ? `attic push timed out after ${this.opts.runTimeoutMs / 1000}s` : `attic push exit ${r.exitCode}: ${errorLine(r.stderr)}`)
-        this.opts.onSettled({ path: p, status: 'failed', error })
+  private async push(batch: string[]): Promise<void> {
+    const budget = new RetryBudget(batch.length)
+    let todo = batch
+    for (;;) {
+      if (this.stopping.signal.aborted) return
+      if (this.refused) return this.fail(todo, this.refused)
+      this.opts.debug?.(`attic push: ${todo.length} path(s)`)
+      const r = await pushPaths(this.client, this.cache, todo, { env: this.env, timeoutMs: this.opts.runTimeoutMs, signal: this.stopping.signal, storeDir: storeDir() })
+      if (this.stopping.signal.aborted) return // stopped: unsettled, not failed
+      const pushed = new Set(r.pushed)
+      const refused = new Map(r.failed.map((f) => [f.path, f.error]))
+      const again: string[] = []
+      for (const p of todo) {
+        const error = refused.get(p)
+        if (pushed.has(p)) this.opts.onSettled({ path: p, status: 'pushed' })
+        else if (error !== undefined && classifyError(error).permanent) this.opts.onSettled({ path: p, status: 'failed', error })
+        else if (error !== undefined) again.push(p)
+        else if (r.exitCode === 0 || r.planned) this.opts.onSettled({ path: p, status: 'cached' })
+        else again.push(p) // planning failed, or the client died or timed out before this path
       }
+      if (again.length === 0) return
+      const error = this.describe(r, again.length < todo.length ? refused.get(again[0]!) : undefined)
+      const why = classifyError(error)
+      if (why.permanent && why.cacheWide) {
+        this.refused = error
+        this.opts.onWarn(`attic refused the cache: ${error}; no more pushes are tried in this job`)
+        return this.fail(again, error)
+      }
+      if (why.permanent && again.length > 1) {
+        // One path the server will not plan (no longer valid, a bad name) must not fail its neighbours.
+        for (const p of again) await this.push([p])
+        return
+      }
+      if (why.permanent || !budget.failed(error)) return this.fail(again, error)
+      const delay = backoffMs(budget.nextTry - 1)
+      this.opts.onWarn(`${error}; try ${budget.nextTry} of ${MAX_ATTEMPTS} for ${again.length} path(s) in ${(delay / 1000).toFixed(1)}s`)
+      await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => {})
+      todo = again
     }
+  }
+
+  private fail(paths: readonly string[], error: string): void {
+    for (const p of paths) this.opts.onSettled({ path: p, status: 'failed', error })
+  }
+
+  /** Why a run left paths unsettled, in the client's own words where it gave them. */
+  private describe(r: PushOutcome, pathError: string | undefined): string {
+    if (pathError) return `attic push: ${pathError}`
+    if (r.timedOut) return `attic push timed out after ${this.opts.runTimeoutMs / 1000}s`
+    if (r.exitCode === 127) return `attic push could not be started: ${errorLine(r.stderr)}`
+    return `attic push failed (${r.exitCode === null ? 'killed' : `exit ${r.exitCode}`}): ${r.error ?? errorLine(r.stderr)}`
   }
 }

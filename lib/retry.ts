@@ -9,14 +9,37 @@ export interface Classified {
   permanent: boolean
   /** The HTTP status named in the error, if any. */
   status?: number
+  /** The attic server's error name (`Unauthorized`, `AccessError`, …), if the error is one of them. */
+  atticError?: string
+  /** The refusal concerns the whole cache (token, permission, cache name), not one path. */
+  cacheWide?: boolean
 }
 
+/**
+ * attic's error names, as the client prints a server's answer: `<name>: <message>` with no HTTP
+ * status (server/src/error.rs `ErrorKind::name`, attic/src/error.rs `AtticError::name`). Database
+ * and storage errors reach clients as `InternalServerError` (`into_clients`), and a NAR with
+ * missing chunks as `IncompleteNar` (503): those may pass. Every other name is the server's
+ * considered answer and comes again on another try.
+ */
+const ATTIC_TRANSIENT = new Set(['InternalServerError', 'IncompleteNar', 'DatabaseError', 'StorageError'])
+const ATTIC_CACHE_WIDE = new Set(['Unauthorized', 'AccessError', 'NoSuchCache', 'InvalidCacheName'])
+const ATTIC_PERMANENT = new Set([
+  ...ATTIC_CACHE_WIDE, 'NotFound', 'NoSuchObject', 'CacheAlreadyExists', 'InvalidCompressionType', 'RequestError',
+  'ManifestSerializationError', 'InvalidStorePath', 'InvalidStorePathName', 'InvalidStorePathHash',
+])
+const ATTIC_NAME = /(?:^|[\s:])([A-Z][A-Za-z]+): /g
+
 export function classifyError(text: string): Classified {
+  for (const [, name] of text.matchAll(ATTIC_NAME)) {
+    if (ATTIC_TRANSIENT.has(name!)) return { permanent: false, atticError: name }
+    if (ATTIC_PERMANENT.has(name!)) return { permanent: true, atticError: name, cacheWide: ATTIC_CACHE_WIDE.has(name!) }
+  }
   const m = /\bHTTP(?: error)? (\d{3})\b/i.exec(text) ?? /\b(\d{3}) (?:[A-Z][a-z]+ ?)+\b/.exec(text)
   const status = m ? Number(m[1]) : undefined
   if (status === undefined || status < 400) return { permanent: false, status }
   const transient = status >= 500 || status === 408 || status === 429
-  return { permanent: !transient, status }
+  return status === 401 || status === 403 ? { permanent: true, status, cacheWide: true } : { permanent: !transient, status }
 }
 
 /** Delay before try `attempt + 1`: 1 s, 2 s, 4 s, … times a jitter of 0.5–1.5, at most 15 s. */

@@ -3,14 +3,15 @@
 // Secrets are written to 0600 files under <state>/secrets and referenced by path only.
 import fs from 'node:fs/promises'
 import path from 'node:path'
-import { atticConfigHome, fetchCacheConfig, fetchError, withSlash, writeClientConfig, writePrivate } from './attic.js'
+import { atticConfigHome, checkPushPermission, fetchCacheConfig, fetchError, withSlash, writeClientConfig, writePrivate } from './attic.js'
 import type { Config } from './config.js'
-import { publicKeyOf, userNixConf, writeNixConfBlock } from './nix.js'
+import { ignoredSubstituter, publicKeyOf, userNixConf, writeNixConfBlock } from './nix.js'
 import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
 
 export interface Session {
   backend: 'attic' | 'nix'
-  attic?: { endpoint: string; cache: string; configHome: string }
+  /** `endpoint`: the server that answered; `apiEndpoint`: where the client pushes (the server's `api_endpoint`). */
+  attic?: { endpoint: string; apiEndpoint: string; cache: string; configHome: string }
   /** The `nix copy --to` URL, with `secret-key=<file>` when signing. */
   nix?: { url: string }
   /** The attic client binary; undefined until one exists (late bootstrap). */
@@ -23,12 +24,20 @@ export interface Session {
   strict: boolean
 }
 
-/** Upstream cache that attic (and we) never push back to. */
+/** Upstream cache never pushed back to a Nix store URL (attic caches name their own upstreams). */
 const UPSTREAM_KEY_NAMES = ['cache.nixos.org-1']
 const PROBE_TIMEOUT_MS = 5_000
 
 export type Prepared =
-  | { ok: true; session: Session; substituter?: { url: string; publicKeys: string[]; netrc?: string } }
+  | {
+      ok: true
+      session: Session
+      substituter?: { url: string; publicKeys: string[]; netrc?: string }
+      /** Cache problems that do not stop the session (a token that cannot push): warnings, or errors in strict mode. */
+      problems: string[]
+      /** Facts worth a line in the job log (uploads go to another endpoint). */
+      notes: string[]
+    }
   | { ok: false; reason: string }
 
 /** Resolve the configured cache into a Session: probe servers, write private config files. */
@@ -77,11 +86,27 @@ async function prepareAttic(config: Config, paths: StatePaths, common: Common, o
     const configHome = atticConfigHome(paths.dir)
     await writeClientConfig(configHome, endpoint, tokenFile)
     const cache = probe.cache
+    // The client pushes to the cache's api_endpoint when it has one (attic client/src/command/push.rs).
+    const apiEndpoint = cache.apiEndpoint ?? withSlash(endpoint)
+    const notes = withSlash(apiEndpoint) === withSlash(endpoint) ? [] : [`the server delegates its API: pushes go to ${apiEndpoint} (api_endpoint), not ${endpoint}`]
+    const problems: string[] = []
+    const permission = await checkPushPermission(apiEndpoint, config.atticCache, token, PROBE_TIMEOUT_MS)
+    if (!permission.ok) {
+      const tokenVar = config.atticTokenFile ? 'ATTIC_TOKEN_FILE' : 'ATTIC_TOKEN'
+      problems.push(
+        !permission.denied
+          ? `cannot check push permission at ${apiEndpoint}: ${permission.reason}`
+          : token
+            ? `the token in ${tokenVar} can pull from "${config.atticCache}" but cannot push to it (${permission.reason}): give it push permission (atticadm make-token --push "${config.atticCache}")`
+            : `no ATTIC_TOKEN or ATTIC_TOKEN_FILE is set and "${config.atticCache}" does not let anonymous users push (${permission.reason})`,
+      )
+    }
     const keyName = cache.publicKey?.split(':')[0]
     const session: Session = {
       backend: 'attic',
-      attic: { endpoint, cache: config.atticCache, configHome },
-      skipKeyNames: [...(keyName ? [keyName] : []), ...(cache.upstreamCacheKeyNames.length ? cache.upstreamCacheKeyNames : UPSTREAM_KEY_NAMES)],
+      attic: { endpoint, apiEndpoint, cache: config.atticCache, configHome },
+      // Paths the cache signed are in it; an empty upstream list means no upstream filter (attic client/src/push.rs).
+      skipKeyNames: [...(keyName ? [keyName] : []), ...cache.upstreamCacheKeyNames],
       ...common,
     }
     const substituterUrl = cache.substituterEndpoint ?? new URL(config.atticCache, withSlash(endpoint)).href
@@ -90,7 +115,7 @@ async function prepareAttic(config: Config, paths: StatePaths, common: Common, o
       netrc = path.join(paths.secrets, 'netrc')
       await writePrivate(netrc, `machine ${new URL(substituterUrl).hostname} password ${token}\n`)
     }
-    return { ok: true, session, substituter: { url: substituterUrl, publicKeys: cache.publicKey ? [cache.publicKey] : [], netrc } }
+    return { ok: true, session, substituter: { url: substituterUrl, publicKeys: cache.publicKey ? [cache.publicKey] : [], netrc }, problems, notes }
   }
   return { ok: false, reason: `no attic server answered: ${failures.join(', ')}` }
 }
@@ -142,7 +167,7 @@ async function prepareNix(config: Config, paths: StatePaths, common: Common, onP
     const { login, password } = config.cacheCredentials
     await writePrivate(netrc, `machine ${url.hostname} login ${login} password ${password}\n`)
   }
-  return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys, netrc } }
+  return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys, netrc }, problems: [], notes: [] }
 }
 
 /** Make every later `nix` command of the job substitute from the cache (user nix.conf). */
@@ -153,6 +178,23 @@ export async function configureSubstituter(sub: { url: string; publicKeys: strin
   if (sub.netrc) lines.push(`netrc-file = ${sub.netrc}`)
   await writeNixConfBlock(file, lines)
   return file
+}
+
+/**
+ * Why Nix will not substitute from the cache although bootstrap configured it, with the fix: on
+ * multi-user Nix a user the daemon does not trust cannot add substituters or keys.
+ */
+export async function substituterProblem(sub: { url: string; publicKeys: string[] }, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+  const warning = await ignoredSubstituter(sub.url, env)
+  if (!warning) return undefined
+  const user = env.USER ?? env.LOGNAME ?? 'the job user'
+  const keys = sub.publicKeys.length ? `\n    trusted-public-keys = ${sub.publicKeys.join(' ')}` : ''
+  return (
+    `the nix-daemon does not trust this user, so Nix will not substitute from the cache (Nix: “${warning.replace(/^warning:\s*/, '')}”); the next pipeline ` +
+    `rebuilds what this one pushes. Fix, in the system nix.conf (/etc/nix/nix.conf), then restart nix-daemon: either\n` +
+    `    extra-trusted-substituters = ${sub.url}${keys.replace('trusted-public-keys', 'extra-trusted-public-keys')}\n` +
+    `  or make the user trusted:\n    extra-trusted-users = ${user}\n  (pushing works either way)`
+  )
 }
 
 export const saveSession = (paths: StatePaths, s: Session) => writeJsonAtomic(paths.session, s)

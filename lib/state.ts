@@ -24,6 +24,11 @@ export function statePaths(stateDir: string) {
     realised: p('realised'),
     summary: p('summary.json'),
     metrics: p('metrics.txt'),
+    /**
+     * The store path each ./result* link points to, one per line: GitLab archives the links as
+     * links, so the artifact alone is dangling; these paths are what to fetch from the cache.
+     */
+    resultPaths: p('result-paths.txt'),
     /** Out-link to the attic client, a GC root while the job runs. */
     clientLink: p('attic-client'),
     /** Private (0600) files. */

@@ -1,20 +1,20 @@
 #!/usr/bin/env node
 // before_script: find the cache, make Nix substitute from it, get a push client, start the watcher.
 import fs from 'node:fs/promises'
-import path from 'node:path'
 import minimist from 'minimist'
 import watcherSource from 'greedy-nix:watcher-source'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { startWatcher } from '../lib/control.js'
 import { debug, info, section } from '../lib/log.js'
-import { substituteOnly } from '../lib/nix.js'
-import { configureSubstituter, prepareSession, saveSession, type Session } from '../lib/session.js'
+import { CLIENT_HINT, getAtticClient } from '../lib/client.js'
+import { configureSubstituter, prepareSession, saveSession, substituterProblem, type Session } from '../lib/session.js'
 import { clearJobState, statePaths } from '../lib/state.js'
 
 export const bootstrapInfo: CommandInfo = {
   usage: 'greedy-nix bootstrap [options]',
-  about: 'before_script: validate the config, pick the first reachable cache server, make Nix substitute from it,\n' +
-    'get the attic client from the cache only (--max-jobs 0) or PATH, and start the store watcher.\n' +
+  about: 'before_script: validate the config, pick the first reachable cache server, check the token can push, make\n' +
+    'Nix substitute from it, get the attic client from a substituter only (--max-jobs 0: GREEDY_CLIENT, else the\n' +
+    "flake's .#attic-client, attic on PATH, nixpkgs#attic-client), and start the store watcher.\n" +
     'With no cache configured it says so and does nothing else. Cache problems only warn unless GREEDY_STRICT=1.',
 }
 
@@ -40,12 +40,22 @@ export async function bootstrap(argv: string[]): Promise<number> {
   )
   if (!prepared.ok) return cacheProblem(config.strict, prepared.reason)
   const session: Session = prepared.session
+  for (const note of prepared.notes) info(note)
+  for (const problem of prepared.problems) if (cacheProblem(config.strict, problem) !== 0) return 1
 
   if (prepared.substituter) {
     const file = await configureSubstituter(prepared.substituter)
-    info(`Nix substitutes from ${prepared.substituter.url} (${file})`)
+    const ignored = await substituterProblem(prepared.substituter)
+    if (!ignored) info(`Nix substitutes from ${prepared.substituter.url} (${file})`)
+    else if (cacheProblem(config.strict, ignored) !== 0) return 1
   }
-  if (session.backend === 'attic') session.client = await getAtticClient(config.client, paths.clientLink)
+  if (session.backend === 'attic') {
+    const found = await getAtticClient({ installable: config.client, outLink: paths.clientLink, cwd: process.cwd(), which, debug })
+    session.client = found.client
+    if (found.client !== undefined) info(`attic client from ${found.from}`)
+    else if (found.awaited) info(`no attic client yet (${found.why}): new paths are recorded and pushed as soon as the build realises ${found.awaited}`)
+    else if (cacheProblem(config.strict, `no attic client (${found.why}): nothing will be pushed unless the build realises one; ${CLIENT_HINT}`) !== 0) return 1
+  }
 
   await saveSession(paths, session)
   // The watcher runs from a copy in the state dir, so a bootstrap piped into node can start it too.
@@ -57,22 +67,10 @@ export async function bootstrap(argv: string[]): Promise<number> {
   return 0
 }
 
-/** From the cache only (never built here: that could take an hour), else PATH, else later. */
-async function getAtticClient(installable: string, outLink: string): Promise<string | undefined> {
-  const r = await substituteOnly(installable, outLink)
-  if (r.code === 0) {
-    info(`attic client from the cache: ${installable}`)
-    return path.join(outLink, 'bin', 'attic')
-  }
-  debug(`${installable} is not in the cache: ${r.stderr.trim().split('\n').pop()}`)
-  const { which } = await import('zx/core') // only this fallback needs it: loaded here, not at start-up
-  const onPath = await which('attic', { nothrow: true })
-  if (onPath) {
-    info(`attic client from PATH: ${onPath}`)
-    return onPath
-  }
-  info(`no attic client yet (${installable} is not cached): new paths are recorded and pushed as soon as one is built`)
-  return undefined
+/** `attic` on PATH; zx's core is loaded only for this fallback, not at start-up. */
+async function which(cmd: string): Promise<string | undefined> {
+  const { which } = await import('zx/core')
+  return (await which(cmd, { nothrow: true })) ?? undefined
 }
 
 runAsEntry('bootstrap', bootstrap)

@@ -6,6 +6,7 @@ import minimist from 'minimist'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'
+import { CLIENT_HINT } from '../lib/client.js'
 import { countFailures, finalPush, resultLinks } from '../lib/final.js'
 import { bold, info, section, warn } from '../lib/log.js'
 import { loadSession } from '../lib/session.js'
@@ -15,7 +16,8 @@ import { openMetrics, summaryLine, type BuildSummary, type Summary } from '../li
 export const pushInfo: CommandInfo = {
   usage: 'greedy-nix push [path...] [options]',
   about: 'after_script: stop the watcher if it still runs, push the closures of the given paths (default: the\n' +
-    './result* links), print one summary line, and write <state>/summary.json and <state>/metrics.txt.',
+    './result* links), print one summary line, and write <state>/summary.json, <state>/metrics.txt and\n' +
+    '<state>/result-paths.txt (the store path of each ./result* link).',
 }
 
 /**
@@ -36,7 +38,8 @@ export async function push(argv: string[]): Promise<number> {
   const alive = stopped.state === 'drained' || stopped.state === 'timeout'
   if (!alive && status) info(`the watcher ${stopped.state === 'died' ? 'died while draining' : 'was no longer running (the executor ends it with its stage)'}: using its last counts`)
 
-  const targets = flags._.length > 0 ? flags._.map(String) : await resultLinks()
+  const results = await resultLinks()
+  const targets = flags._.length > 0 ? flags._.map(String) : results
   const final = session
     ? await section('push', 'final push', () => finalPush(session, targets, status, finalPushTimeoutMs(config.drainTimeout), info))
     : { pushed: [], failed: [] }
@@ -57,11 +60,13 @@ export async function push(argv: string[]): Promise<number> {
     watcherAlive: alive,
   }
   for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
+  if (session?.backend === 'attic' && !(status?.client ?? session.client)) warn(`no attic client in this job: nothing was pushed; ${CLIENT_HINT}`)
   info(bold(summaryLine(summary)))
   try {
     await fs.mkdir(paths.dir, { recursive: true })
     await writeJsonAtomic(paths.summary, summary)
     await fs.writeFile(paths.metrics, openMetrics(summary))
+    await fs.writeFile(paths.resultPaths, results.map((p) => `${p}\n`).join(''))
   } catch (err) {
     warn(`cannot write the summary in ${paths.dir}: ${(err as Error).message}`)
   }

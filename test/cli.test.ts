@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { DIST, chainPaths, greedy, inFileCache, isValid, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, chainPaths, greedy, inFileCache, isValid, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { freePort } from './nginx.js'
 import { formatPidFile, processStartTime } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
@@ -31,7 +31,7 @@ describe('without a cache', () => {
   it('build still returns Nix exit code, and push reports without failing', async () => {
     const j = job()
     writeFlake(j.project, { prefix: `nocache-${uid()}`, chain: 2, failAt: 2 })
-    const plain = await runCmd('nix', ['build', '--no-link'], { env: j.env, cwd: j.project })
+    const plain = await runCmd('nix', nixArgs('build', '--no-link'), { env: j.env, cwd: j.project })
     const r = await greedy(j.env, j.project, 'build')
     expect(r.code).toBe(plain.code)
     expect(r.code).not.toBe(0)
@@ -39,6 +39,24 @@ describe('without a cache', () => {
     expect(r.out).not.toContain('warning')
     const p = await greedy(j.env, j.project, 'push')
     expect(p.code).toBe(0)
+  })
+})
+
+describe('on Nix as the nixos/nix image ships it (no experimental feature enabled)', () => {
+  it('plain `nix build` of a flake is refused there; every greedy-nix phase works and caches', async () => {
+    const cache = path.join(tmpDir('greedy-image-'), 'cache')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    expect(fs.readFileSync(path.join(j.env.NIX_CONF_DIR!, 'nix.conf'), 'utf8')).not.toMatch(/experimental-features/)
+    writeFlake(j.project, { prefix: `image-${uid()}`, chain: 2 })
+    const plain = await runCmd('nix', ['build', '--no-link'], { env: j.env, cwd: j.project })
+    expect(plain.code).not.toBe(0)
+    expect(plain.stderr).toMatch(/experimental Nix feature 'nix-command' is disabled/)
+    for (const phase of ['bootstrap', 'build', 'push']) {
+      const r = await greedy(j.env, j.project, phase)
+      expect(r.code, r.out).toBe(0)
+      expect(r.out).not.toContain('experimental Nix feature')
+    }
+    expect(chainPaths(j.env, j.project, 2).map((p) => inFileCache(cache, p))).toEqual([true, true])
   })
 })
 

@@ -87,7 +87,7 @@ async function atticExample(name: string, opts: { down?: boolean } = {}) {
   const keyFile = path.join(dir, 'server-key')
   fs.writeFileSync(keyFile, secret, { mode: 0o600 })
   const token = `tok-${uid()}`
-  const server = await startAtticServer(path.join(dir, 'server'), { cache: 'main', token, publicKey: pub })
+  const server = await startAtticServer(path.join(dir, 'server'), { cache: 'main', token, publicKey: pub, signingKeyFile: keyFile })
   servers.push(server)
   const bin = path.join(dir, 'bin')
   fs.mkdirSync(bin)

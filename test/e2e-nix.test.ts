@@ -3,7 +3,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
-  cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
+  cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
 } from './helpers.js'
 import { startHttpCache, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
@@ -47,7 +47,7 @@ describe('GREEDY_CACHE_URL end to end', () => {
     // Greedy: link 1 is in the cache while links 2-4 are still building.
     const { early, result: built } = await cachedWhileRunning(greedy(a.env, a.project, 'build'), t.cache, links[0]!)
     expect(early).toBe(true)
-    const plain = await runCmd('nix', ['build', '--keep-going', '--no-link'], { env: a.env, cwd: a.project })
+    const plain = await runCmd('nix', nixArgs('build', '--keep-going', '--no-link'), { env: a.env, cwd: a.project })
     expect(plain.code).not.toBe(0)
     expect(built.code).toBe(plain.code) // Nix's own exit code, untouched
     expect(built.out).toContain('link 4 fails on purpose')

@@ -5,9 +5,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import { atticSetup } from './attic-setup.js'
-import { chainPaths, greedy, inFileCache, processesWith, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { chainPaths, greedy, inFileCache, processesWith, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { startFaultProxy, type Fault, type FaultProxy, type RequestInfo } from './fault-proxy.js'
-import { freePort, startHttpCache, type Nginx } from './nginx.js'
+import { freePort, startHttpCache, type AtticFaults, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
 const stops: Array<Nginx | FaultProxy> = []
@@ -112,7 +112,7 @@ describe('an HTTP cache that misbehaves', () => {
     const runs = [await greedy(env, project, 'bootstrap'), await greedy(env, project, 'build'), await greedy(env, project, 'push')]
     const withCache = seconds(t)
     const plainT = Date.now()
-    await runCmd('nix', ['build', '--rebuild', '--no-link'], { env, cwd: project })
+    await runCmd('nix', nixArgs('build', '--rebuild', '--no-link'), { env, cwd: project })
     expect(runs.map((r) => r.code)).toEqual([0, 0, 0])
     expect(runs[0]!.out).toContain(`${cacheUrl} did not answer (${cause})`)
     console.log(`${what}: bootstrap + build + push ${withCache}s; a plain nix build --rebuild ${seconds(plainT)}s`)
@@ -131,9 +131,9 @@ describe('an HTTP cache that misbehaves', () => {
   })
 })
 
-describe('an attic server that misbehaves (the client test double)', () => {
-  const attic = async (name: string, env: NodeJS.ProcessEnv) => {
-    const t = await atticSetup(stops as Nginx[], name, { clientOnPath: true, env })
+describe('an attic server that misbehaves (the attic test double)', () => {
+  const attic = async (name: string, env: NodeJS.ProcessEnv, faults: AtticFaults) => {
+    const t = await atticSetup(stops as Nginx[], name, { clientOnPath: true, env, ...faults })
     const a = t.job('a')
     writeFlake(a.project, { prefix: t.prefix, chain: 2, sleep: 1 })
     const links = chainPaths(a.env, a.project, 2)
@@ -145,21 +145,21 @@ describe('an attic server that misbehaves (the client test double)', () => {
     return { ...t, ...a, links, run }
   }
 
-  it('❌ 503 on the first try of each path: retried, everything pushed', async () => {
-    const t = await attic('attic503', { ATTIC_DOUBLE_FAIL_FIRST: '1' })
+  it('❌ InternalServerError (500) on the first try of each path: retried, everything pushed', async () => {
+    const t = await attic('attic500', {}, { failFirst: 1 })
     expect((await t.run('bootstrap')).code).toBe(0)
     const b = await t.run('build')
     expect(b.code).toBe(0)
     expect(t.links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true])
     const log = fs.readFileSync(path.join(t.state, 'watch.log'), 'utf8')
-    expect(log).toContain('HTTP 503 Service Unavailable')
-    expect(log).toMatch(/retrying \d path\(s\) in one batch/)
+    expect(log).toContain('InternalServerError: The server encountered an internal error or misconfiguration.')
+    expect(log).toMatch(/try 2 of 3 for 1 path\(s\) in \d+\.\ds/) // only the path that failed, after a backoff
     expect((await t.run('push')).stdout).toMatch(/pushed 2 store paths incrementally, 0 in the final push, 0 failed/)
-    console.log(`attic 503 first try: build ${b.seconds}s`)
+    console.log(`attic 500 first try: build ${b.seconds}s`)
   })
 
   it('uploads that never finish: build returns within the drain timeout, push within its budget, nothing left running', async () => {
-    const t = await attic('attichang', { ATTIC_DOUBLE_HANG: '1', GREEDY_DRAIN_TIMEOUT: '5' })
+    const t = await attic('attichang', { GREEDY_DRAIN_TIMEOUT: '5' }, { hang: true })
     expect((await t.run('bootstrap')).code).toBe(0)
     const b = await t.run('build')
     expect(b.code).toBe(0)
@@ -211,7 +211,7 @@ describe('the machine misbehaves', () => {
     const boot = await greedy(env, project, 'bootstrap')
     expect(boot.code).toBe(0)
     expect(boot.out).toMatch(/warning: cannot create the state dir .*a-file\/state/)
-    const plain = await runCmd('nix', ['build', '--keep-going', '--no-link'], { env, cwd: project })
+    const plain = await runCmd('nix', nixArgs('build', '--keep-going', '--no-link'), { env, cwd: project })
     const b = await greedy(env, project, 'build')
     expect(b.code).toBe(plain.code)
     expect(b.out).toContain('link 2 fails on purpose')

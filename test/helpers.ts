@@ -25,16 +25,32 @@ export function uid(): string {
 }
 
 /**
- * Env for one test: Nix reads only our nix.conf (NIX_CONF_DIR replaces /etc/nix), no default
- * substituter (no network here), flakes on, no build users; a private XDG_CONFIG_HOME receives
- * what bootstrap writes. NIX_CONFIG is not used: it would override bootstrap's user nix.conf.
+ * The nix.conf of the nixos/nix image, the component's default (NixOS/nix docker.nix): no
+ * experimental feature is on, so neither `nix build` nor flakes work unless a command turns them
+ * on itself. Changed only where this machine needs it: no build users (root, no daemon), and no
+ * substituters (no network: cache.nixos.org would be tried and time out).
+ */
+export const IMAGE_NIX_CONF = [
+  'sandbox = false',
+  'build-users-group =',
+  'trusted-public-keys = cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=',
+  'substituters =',
+]
+
+/** What a user of that image types to use the new CLI and flakes: the tests' own nix calls do the same. */
+export const nixArgs = (...args: string[]): string[] => ['--extra-experimental-features', 'nix-command flakes', ...args]
+
+/**
+ * Env for one test: Nix reads only our nix.conf (NIX_CONF_DIR replaces /etc/nix), the image's;
+ * a private XDG_CONFIG_HOME receives what bootstrap writes. NIX_CONFIG is not used: it would
+ * override bootstrap's user nix.conf.
  */
 export function nixEnv(dir: string, extra: NodeJS.ProcessEnv = {}): NodeJS.ProcessEnv {
   const conf = path.join(dir, 'etc-nix')
   fs.mkdirSync(conf, { recursive: true })
   fs.writeFileSync(
     path.join(conf, 'nix.conf'),
-    ['experimental-features = nix-command flakes', 'build-users-group =', 'substituters =', 'sandbox = false', ''].join('\n'),
+    [...IMAGE_NIX_CONF, ''].join('\n'),
   )
   // The machine's TLS setup (a corporate or sandbox CA) is kept: npm and fetch need it.
   const tls = Object.fromEntries(Object.entries(process.env).filter(([k]) => /^(NODE_EXTRA_CA_CERTS|SSL_CERT_FILE|SSL_CERT_DIR|NIX_SSL_CERT_FILE)$/.test(k)))
@@ -145,7 +161,7 @@ export function greedy(env: NodeJS.ProcessEnv, cwd: string, ...args: string[]): 
 }
 
 export function nixSync(env: NodeJS.ProcessEnv, args: string[], cwd?: string): string {
-  const r = spawnSync('nix', args, { env, cwd, encoding: 'utf8' })
+  const r = spawnSync('nix', nixArgs(...args), { env, cwd, encoding: 'utf8' })
   if (r.status !== 0) throw new Error(`nix ${args.join(' ')} failed: ${r.stderr}`)
   return r.stdout.trim()
 }
@@ -153,7 +169,7 @@ export function nixSync(env: NodeJS.ProcessEnv, args: string[], cwd?: string): s
 /** A fresh signing key pair: [secret key text, public key text]. */
 export function makeKeys(env: NodeJS.ProcessEnv, name: string): [string, string] {
   const secret = nixSync(env, ['key', 'generate-secret', '--key-name', name])
-  const r = spawnSync('nix', ['key', 'convert-secret-to-public'], { env, input: secret, encoding: 'utf8' })
+  const r = spawnSync('nix', nixArgs('key', 'convert-secret-to-public'), { env, input: secret, encoding: 'utf8' })
   return [secret, r.stdout.trim()]
 }
 
@@ -199,7 +215,7 @@ export function isValid(env: NodeJS.ProcessEnv, storePath: string): boolean {
 export function deleteFromStore(env: NodeJS.ProcessEnv, paths: string[]): void {
   const valid = paths.filter((p) => isValid(env, p))
   if (valid.length === 0) return
-  const r = spawnSync('nix', ['store', 'delete', ...valid], { env, encoding: 'utf8' })
+  const r = spawnSync('nix', nixArgs('store', 'delete', ...valid), { env, encoding: 'utf8' })
   if (r.status !== 0) throw new Error(`nix store delete failed: ${r.stderr}`)
 }
 

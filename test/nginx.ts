@@ -1,9 +1,11 @@
-// Real nginx for the tests: the HTTP side of an attic server (cache-config API with a token
-// check, the binary cache as substituter) and a plain HTTP binary cache that accepts uploads.
+// Real nginx for the tests: a plain HTTP binary cache that accepts uploads, and any other site.
+// The attic server is the test double's server half (attic-server.ts), re-exported here.
 import { spawn, type ChildProcess } from 'node:child_process'
 import fs from 'node:fs'
 import net from 'node:net'
 import path from 'node:path'
+
+export { startAtticServer, type AtticServer, type AtticServerOptions, type AtticFaults } from './attic-server.js'
 
 export function nginxBinary(): string {
   for (const p of ['/usr/sbin/nginx', '/usr/bin/nginx']) if (fs.existsSync(p)) return p
@@ -87,52 +89,6 @@ function canConnect(port: number): Promise<boolean> {
     })
     s.once('error', () => resolve(false))
   })
-}
-
-export interface AtticServer extends Nginx {
-  /** ATTIC_DOUBLE_ROOT: the double stores cache `main` in <root>/main, which nginx serves. */
-  root: string
-  cacheDir: string
-  publicKey: string
-}
-
-/**
- * The server half of attic: GET /_api/v1/cache-config/<cache> answers only with the right bearer
- * token (401 otherwise), and /<cache>/ serves the binary cache the double writes, to the same
- * token (as Bearer, or as the netrc password Nix sends). The cache is private unless `isPublic`.
- */
-export async function startAtticServer(dir: string, opts: { cache: string; token: string; publicKey: string; isPublic?: boolean }): Promise<AtticServer> {
-  const root = path.join(dir, 'attic-root')
-  const cacheDir = path.join(root, opts.cache)
-  fs.mkdirSync(cacheDir, { recursive: true })
-  fs.writeFileSync(path.join(cacheDir, 'nix-cache-info'), 'StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 41\n')
-  const basic = Buffer.from(`:${opts.token}`).toString('base64')
-  const port = await freePort()
-  const config = {
-    public_key: opts.publicKey,
-    is_public: opts.isPublic ?? false,
-    substituter_endpoint: `http://127.0.0.1:${port}/${opts.cache}`,
-    api_endpoint: `http://127.0.0.1:${port}/`,
-    store_dir: '/nix/store',
-    priority: 41,
-    upstream_cache_key_names: ['cache.nixos.org-1'],
-  }
-  fs.writeFileSync(path.join(dir, 'cache-config.json'), JSON.stringify(config))
-  const authOk = `$http_authorization = "Bearer ${opts.token}"`
-  const nginx = await startNginx(dir, `
-    location = /_api/v1/cache-config/${opts.cache} {
-      if ($http_authorization != "Bearer ${opts.token}") { return 401; }
-      default_type application/json;
-      alias ${dir}/cache-config.json;
-    }
-    location /${opts.cache}/ {
-      set $ok ${opts.isPublic ? '1' : '0'};
-      if (${authOk}) { set $ok 1; }
-      if ($http_authorization = "Basic ${basic}") { set $ok 1; }
-      if ($ok = 0) { return 401; }
-      alias ${cacheDir}/;
-    }`, port)
-  return { ...nginx, root, cacheDir, publicKey: opts.publicKey }
 }
 
 /** A plain HTTP binary cache (GET and PUT), as `nix copy --to http://…` expects; with basic auth if asked. */

@@ -10,7 +10,7 @@ describe('parseConfig', () => {
     const { config, errors } = parseConfig({}, {}, '/work/p')
     expect(errors).toEqual([])
     expect(config).toMatchObject({
-      backend: 'none', atticCache: 'main', client: '.#attic-client', drainTimeout: 120, strict: false,
+      backend: 'none', atticCache: 'main', client: undefined, drainTimeout: 120, strict: false,
       stateDir: path.resolve('/work/p/.greedy-nix'),
     })
   })
@@ -43,12 +43,22 @@ describe('parseConfig', () => {
     ['GREEDY_STRICT', 'maybe', /^GREEDY_STRICT: "maybe" expected 1 or 0/],
     ['GREEDY_INCLUDE', '(', /^GREEDY_INCLUDE: "\(" expected a regular expression/],
     ['GREEDY_TRUSTED_PUBLIC_KEYS', 'nokey', /^GREEDY_TRUSTED_PUBLIC_KEYS: "nokey" expected name:base64 public keys/],
-    ['ATTIC_CACHE', 'my cache', /^ATTIC_CACHE: "my cache" expected a cache name/],
+    ['ATTIC_CACHE', 'my cache', /^ATTIC_CACHE: "my cache" expected an attic cache name/],
+    // attic's rule (attic/src/cache.rs): no dots, no leading "-", at most 50 characters.
+    ['ATTIC_CACHE', 'bad.name', /^ATTIC_CACHE: "bad.name" expected an attic cache name/],
+    ['ATTIC_CACHE', '-main', /^ATTIC_CACHE: "-main" expected an attic cache name/],
+    ['ATTIC_CACHE', 'x'.repeat(51), /^ATTIC_CACHE: "x{51}" expected an attic cache name/],
   ])('names %s and what was expected when its value is bad', (name, value, message) => {
     const { config, errors } = parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', [name]: value })
     expect(errors).toHaveLength(1)
     expect(errors[0]).toMatch(message)
     expect(config.backend).toBe('none') // a bad config disables the cache, it does not half-apply
+  })
+
+  it.each(['team+ci', 'main', 'a_b-c', '0', 'x'.repeat(50)])('accepts the attic cache name %s', (name) => {
+    const { config, errors } = parseConfig({ ATTIC_SERVER: 'https://attic.example.com', ATTIC_CACHE: name })
+    expect(errors).toEqual([])
+    expect(config.atticCache).toBe(name)
   })
 
   it('never echoes a secret in an error', () => {

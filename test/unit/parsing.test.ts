@@ -145,7 +145,26 @@ describe('retry policy', () => {
     ["error: unable to upload 'http://c/nar/x': HTTP error 100 ('Continue') (curl error: Timeout was reached)", false, 100],
     ['HTTP 413 Payload Too Large', true, 413],
     ['error: cannot connect to socket: Connection refused', false, undefined],
-  ])('%s → permanent %s', (text, permanent, status) => expect(classifyError(text)).toEqual({ permanent, status }))
+  ])('%s → permanent %s', (text, permanent, status) => expect(classifyError(text)).toMatchObject({ permanent, status }))
+
+  // The attic client prints a server's refusal as `<error>: <message>`, with no HTTP status
+  // (attic client/src/api/mod.rs, server/src/error.rs, token/src/lib.rs for the access texts).
+  it.each([
+    ['❌ x: Unauthorized: Unauthorized.', 'Unauthorized', true, true],
+    ['AccessError: Access error: User does not have permission to complete this action.', 'AccessError', true, true],
+    ['NoSuchCache: The requested cache does not exist.', 'NoSuchCache', true, true],
+    ['RequestError: General request error: invalid store path', 'RequestError', true, false],
+    ['InternalServerError: The server encountered an internal error or misconfiguration.', 'InternalServerError', false, false],
+    ['IncompleteNar: The requested NAR has missing chunks and needs to be repaired.', 'IncompleteNar', false, false],
+  ])('attic says %s → %s, permanent %s', (text, atticError, permanent, cacheWide) => {
+    const c = classifyError(text)
+    expect(c).toMatchObject({ atticError, permanent })
+    expect(c.cacheWide === true).toBe(cacheWide)
+  })
+
+  it('a request that never reached attic is transient', () => {
+    expect(classifyError('error sending request for url (http://127.0.0.1:9/_api/v1/upload-path)').permanent).toBe(false)
+  })
 
   it('backs off 1, 2, 4 s with jitter, capped', () => {
     expect([1, 2, 3].map((a) => backoffMs(a, () => 0.5))).toEqual([1000, 2000, 4000])
