@@ -145,16 +145,9 @@ export class StoreWatcher {
   private async check(names: string[]): Promise<void> {
     if (names.length === 0) return
     const paths = names.map((n) => path.join(this.opts.storeDir, n))
-    let valid: string[]
     let infos: PathInfo[]
     try {
-      const invalid = await invalidPaths(paths)
-      valid = paths.filter((p) => !invalid.has(p))
-      for (const p of invalid) {
-        this.opts.debug?.(`not valid (yet), skipped: ${p}`)
-        this.handled.delete(path.basename(p)) // a later event or rescan brings it back
-      }
-      infos = await queryPathInfo(valid)
+      infos = await this.validInfos(paths)
     } catch (err) {
       this.opts.info?.(`could not check new store paths: ${(err as Error).message}`)
       for (const name of names) this.handled.delete(name)
@@ -176,6 +169,24 @@ export class StoreWatcher {
     }
     if (toPush.length > 0) await this.hand(toPush)
     this.opts.onChange?.()
+  }
+
+  /**
+   * Path info of those of `paths` that are valid. A removed lock almost always means a valid path,
+   * so one `nix path-info` answers (each process costs tens of ms, and time-to-cache is the point);
+   * only when it fails (Nix ≤ 2.18 refuses an invalid path) are the invalid ones sorted out first.
+   */
+  private async validInfos(paths: string[]): Promise<PathInfo[]> {
+    const all = await queryPathInfo(paths).catch(() => undefined)
+    const invalid = all
+      ? new Set(paths.filter((p) => !all.some((i) => i.path === p && i.valid)))
+      : await invalidPaths(paths)
+    for (const p of invalid) {
+      this.opts.debug?.(`not valid (yet), skipped: ${p}`)
+      this.handled.delete(path.basename(p)) // a later event or rescan brings it back
+    }
+    if (all) return all.filter((i) => i.valid && !invalid.has(i.path))
+    return queryPathInfo(paths.filter((p) => !invalid.has(p)))
   }
 
   private skipReason(info: PathInfo): string | undefined {
