@@ -39,6 +39,11 @@ export interface Config {
   stateDir: string
   /** Seconds a drain may take before the job moves on. */
   drainTimeout: number
+  /**
+   * Seconds after which a watcher ends itself whatever happens: the last guard against a watcher
+   * outliving a crashed job on a shared runner (its state dir gone or taken over end it sooner).
+   */
+  watchMaxAge: number
   include?: RegExp
   exclude?: RegExp
   /**
@@ -61,12 +66,16 @@ export const VARIABLES = {
   GREEDY_CLIENT: { flag: 'client', doc: 'installable that provides bin/attic (default: .#attic-client if the flake has it, else attic on PATH, else nixpkgs#attic-client)' },
   GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
   GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
+  GREEDY_WATCH_MAX_AGE: { flag: 'watch-max-age', doc: 'seconds after which a watcher ends itself (default: 2678400, 31 days, above GitLab\'s longest job timeout)' },
   GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
   GREEDY_EXCLUDE: { flag: 'exclude', doc: 'do not push store paths matching this regular expression on their own (closures of other paths still carry them)' },
   GREEDY_STRICT: { flag: 'strict', doc: '1: cache problems fail the job (default: 0, they only warn)' },
 } as const
 
 export type Variable = keyof typeof VARIABLES
+
+/** 31 days: above the longest job timeout GitLab allows (one month). */
+export const DEFAULT_WATCH_MAX_AGE = 31 * 24 * 3600
 
 /** A string, trimmed, then held to `checks`. */
 const trim = (...checks: z.core.$ZodCheck<string>[]) => z.string().check(z.trim(), ...checks)
@@ -124,6 +133,10 @@ const PARSERS = {
   GREEDY_STATE_DIR: trimmed,
   GREEDY_DRAIN_TIMEOUT: z.pipe(
     trim(z.regex(/^\d+(\.\d+)?$/, { error: 'expected a number of seconds (0 or more)' })),
+    z.transform(Number),
+  ),
+  GREEDY_WATCH_MAX_AGE: z.pipe(
+    trim(z.regex(/^[1-9]\d*$/, { error: 'expected a whole number of seconds (1 or more)' })),
     z.transform(Number),
   ),
   GREEDY_INCLUDE: regex,
@@ -190,6 +203,7 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     client: values.GREEDY_CLIENT,
     stateDir: path.resolve(cwd, values.GREEDY_STATE_DIR ?? path.join(projectDir, '.greedy-nix')),
     drainTimeout: values.GREEDY_DRAIN_TIMEOUT ?? 120,
+    watchMaxAge: values.GREEDY_WATCH_MAX_AGE ?? DEFAULT_WATCH_MAX_AGE,
     include: values.GREEDY_INCLUDE,
     exclude: values.GREEDY_EXCLUDE,
     strict: values.GREEDY_STRICT ?? false,

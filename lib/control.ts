@@ -88,3 +88,16 @@ export async function stopWatcher(paths: StatePaths, timeoutS: number, onProgres
   const status = (await readJson<WatcherStatus>(paths.status)) ?? drained.status
   return drained.state === 'drained' ? { state: 'drained', status: status ?? drained.status } : { state: drained.state, status }
 }
+
+/**
+ * `bootstrap` starts a job: a watcher still running in its state dir was left by an earlier job
+ * (a shell runner keeps the project folder). Stop it, after a short drain for what it holds, so
+ * the new job's watcher runs with the new job's settings. Returns its pid, if there was one.
+ */
+export async function takeOverStateDir(paths: StatePaths): Promise<number | undefined> {
+  const pid = await liveWatcherPid(paths)
+  if (pid === undefined) return undefined
+  await stopWatcher(paths, 10)
+  return pid
+}
+

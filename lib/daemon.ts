@@ -4,9 +4,10 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { atticEnv } from './attic.js'
+import { DEFAULT_WATCH_MAX_AGE } from './config.js'
 import { Attribution, otherWatchersRunning, registerWatcher } from './attribution.js'
 import { AtticSink, NixCopySink, type PushSink, type SinkOptions } from './pusher.js'
-import { formatPidFile, processStartTime, writeJsonAtomic, type StatePaths } from './state.js'
+import { formatPidFile, parsePidFile, processStartTime, writeJsonAtomic, type StatePaths } from './state.js'
 import { findAtticClient, StoreWatcher, type WatcherCounts } from './watcher.js'
 import { saveSession, type Session } from './session.js'
 import { storeDir } from './nix.js'
@@ -25,6 +26,24 @@ export interface WatcherStatus {
 
 /** Longest one push run may take inside the watcher. */
 const RUN_TIMEOUT_MS = 10 * 60_000
+/** How often the watcher checks that its job still owns it. */
+const OWNER_CHECK_MS = 2_000
+
+/**
+ * Why this watcher's job is over, if it is. On a shared runner a crashed job's watcher would
+ * otherwise live on, pushing other jobs' paths and putting their watchers in attribution mode.
+ */
+export async function ownerGone(paths: StatePaths, startedAt: number, maxAgeS: number, now = Date.now()): Promise<string | undefined> {
+  try {
+    await fs.access(paths.dir)
+  } catch {
+    return `its state dir ${paths.dir} is gone`
+  }
+  const rec = parsePidFile(await fs.readFile(paths.pid, 'utf8').catch(() => ''))
+  if (rec?.pid !== process.pid) return `another job took over ${paths.dir}`
+  if (now - startedAt > maxAgeS * 1000) return `it is older than GREEDY_WATCH_MAX_AGE (${maxAgeS}s)`
+  return undefined
+}
 
 export function makeSink(session: Session, opts: SinkOptions): PushSink | undefined {
   if (session.backend === 'nix' && session.nix) return new NixCopySink(session.nix.url, opts)
@@ -122,17 +141,25 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
       await writeStatus()
     })
   })
+  const startedAt = Date.now()
+  let ownerTimer: NodeJS.Timeout | undefined
   await new Promise<void>((resolve) => {
-    const stop = (sig: string) => {
-      log(`${sig}: stopping`)
+    const stop = (why: string) => {
+      log(`${why}: stopping`)
       resolve()
     }
     process.once('SIGTERM', () => stop('SIGTERM'))
     process.once('SIGINT', () => stop('SIGINT'))
+    ownerTimer = setInterval(() => {
+      void ownerGone(paths, startedAt, session.watchMaxAge ?? DEFAULT_WATCH_MAX_AGE).then((why) => why && stop(`its job is over: ${why}`))
+    }, OWNER_CHECK_MS)
   })
+  clearInterval(ownerTimer)
   clearTimeout(statusTimer)
   unregister()
   watcher.close()
-  await writeStatus()
-  await fs.rm(paths.pid, { force: true })
+  await writeStatus().catch(() => {})
+  // Only our own pid file: after a takeover it names the new watcher.
+  const rec = parsePidFile(await fs.readFile(paths.pid, 'utf8').catch(() => ''))
+  if (rec?.pid === process.pid) await fs.rm(paths.pid, { force: true })
 }

@@ -21,6 +21,8 @@ export interface Session {
   include?: string
   exclude?: string
   drainTimeout: number
+  /** Seconds after which the watcher ends itself. */
+  watchMaxAge: number
   strict: boolean
 }
 
@@ -47,6 +49,7 @@ export async function prepareSession(config: Config, paths: StatePaths, onProbe?
     include: config.include?.source,
     exclude: config.exclude?.source,
     drainTimeout: config.drainTimeout,
+    watchMaxAge: config.watchMaxAge,
     strict: config.strict,
   }
   if (config.backend === 'attic') return prepareAttic(config, paths, common, onProbe)
@@ -54,7 +57,7 @@ export async function prepareSession(config: Config, paths: StatePaths, onProbe?
   return { ok: false, reason: 'no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL)' }
 }
 
-type Common = Pick<Session, 'include' | 'exclude' | 'drainTimeout' | 'strict'>
+type Common = Pick<Session, 'include' | 'exclude' | 'drainTimeout' | 'watchMaxAge' | 'strict'>
 
 async function readSecret(value: string | undefined, file: string | undefined, name: string): Promise<string | undefined> {
   if (value !== undefined) return value.trim()

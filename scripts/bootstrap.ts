@@ -4,7 +4,7 @@ import fs from 'node:fs/promises'
 import minimist from 'minimist'
 import watcherSource from 'greedy-nix:watcher-source'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
-import { startWatcher } from '../lib/control.js'
+import { startWatcher, takeOverStateDir } from '../lib/control.js'
 import { debug, info, section } from '../lib/log.js'
 import { CLIENT_HINT, getAtticClient } from '../lib/client.js'
 import { configureSubstituter, prepareSession, saveSession, substituterProblem, type Session } from '../lib/session.js'
@@ -24,6 +24,8 @@ export async function bootstrap(argv: string[]): Promise<number> {
   const { config, ok } = loadConfig(flags)
   if (!ok) return 1
   const paths = statePaths(config.stateDir)
+  const earlier = await takeOverStateDir(paths)
+  if (earlier !== undefined) info(`stopped the watcher an earlier job left running in ${paths.dir} (pid ${earlier})`)
   await clearJobState(paths).catch(() => {}) // a folder we cannot clean is reported when we write to it
   if (config.backend === 'none') {
     info('no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL): building without a cache')

@@ -1,8 +1,10 @@
 // Two jobs on one machine (a shell executor runs them side by side, each with its own project and
 // state dir, one /nix/store): each pushes, counts and drains only its own work.
+import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { chainPaths, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, tmpDir, uid, writeFlake } from './helpers.js'
+import { processAlive } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
 
 function job(dir: string, name: string, chain: number) {
@@ -33,5 +35,56 @@ describe('two jobs on one machine', () => {
     expect(a.links.map((p) => inFileCache(b.cache, p))).toEqual([false, false, false])
     expect(a.summary().incremental).toMatchObject({ pushed: 3, skipped: 0 })
     expect(b.summary().incremental).toMatchObject({ pushed: 2, skipped: 0 })
+  })
+})
+
+/** The watcher's pid, from its pid file. */
+const watcherPid = (project: string) => Number(fs.readFileSync(path.join(project, '.greedy-nix', 'watch.pid'), 'utf8').split('\n')[0])
+
+/** Resolves true once `pid` has ended, false after `ms`. */
+async function endsWithin(pid: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms
+  while (Date.now() < deadline) {
+    if (!processAlive(pid)) return true
+    await new Promise((r) => setTimeout(r, 100))
+  }
+  return !processAlive(pid)
+}
+
+describe('a watcher never outlives its job on a shared runner', () => {
+  it('ends itself within seconds when its state dir is removed (the job\'s folder cleaned up)', async () => {
+    const a = job(tmpDir('greedy-gone-'), 'a', 1)
+    expect((await greedy(a.env, a.project, 'bootstrap')).code).toBe(0)
+    const pid = watcherPid(a.project)
+    fs.rmSync(path.join(a.project, '.greedy-nix'), { recursive: true, force: true })
+    expect(await endsWithin(pid, 10_000)).toBe(true)
+  })
+
+  it('a new job\'s bootstrap in the same folder takes over: the earlier watcher ends, the new one pushes with the new settings', async () => {
+    const dir = tmpDir('greedy-takeover-')
+    const a = job(dir, 'a', 2)
+    expect((await greedy(a.env, a.project, 'bootstrap')).code).toBe(0) // a job that crashed: no build, no push
+    const first = watcherPid(a.project)
+    const otherCache = path.join(dir, 'next-cache')
+    const next = { ...a.env, GREEDY_CACHE_URL: `file://${otherCache}` }
+    const boot = await greedy(next, a.project, 'bootstrap')
+    expect(boot.code).toBe(0)
+    expect(boot.out).toContain(`stopped the watcher an earlier job left running in ${path.join(a.project, '.greedy-nix')} (pid ${first})`)
+    expect(await endsWithin(first, 10_000)).toBe(true)
+    expect(watcherPid(a.project)).not.toBe(first)
+    expect((await greedy(next, a.project, 'build')).code).toBe(0)
+    expect((await greedy(next, a.project, 'push')).code).toBe(0)
+    expect(a.links.map((p) => inFileCache(otherCache, p))).toEqual([true, true])
+  })
+
+  it('ends itself after GREEDY_WATCH_MAX_AGE; a bad value is named and does not block', async () => {
+    const a = job(tmpDir('greedy-age-'), 'a', 1)
+    expect((await greedy({ ...a.env, GREEDY_WATCH_MAX_AGE: '1' }, a.project, 'bootstrap')).code).toBe(0)
+    const pid = watcherPid(a.project)
+    expect(await endsWithin(pid, 10_000)).toBe(true)
+    expect(fs.readFileSync(path.join(a.project, '.greedy-nix', 'watch.log'), 'utf8')).toContain('older than GREEDY_WATCH_MAX_AGE (1s)')
+    const bad = await greedy({ ...a.env, GREEDY_WATCH_MAX_AGE: '2h' }, a.project, 'bootstrap')
+    expect(bad.code).toBe(0)
+    expect(bad.out).toContain('GREEDY_WATCH_MAX_AGE: "2h" expected a whole number of seconds')
   })
 })
