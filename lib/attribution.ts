@@ -72,20 +72,40 @@ export class Attribution {
 /** Where the watchers on this machine sign in: one file per watcher, named by its pid. */
 const REGISTRY = path.join(os.tmpdir(), 'greedy-nix-watchers')
 
-export function registerWatcher(stateDir: string): () => void {
+/** The process a job's commands run in (the shell that ran `bootstrap`), with its start time. */
+export interface JobProcess {
+  pid: number
+  startTime?: string
+}
+
+/** The job's shell as seen from `bootstrap`: its parent process. */
+export function jobProcess(): JobProcess {
+  return { pid: process.ppid, startTime: processStartTime(process.ppid) }
+}
+
+/**
+ * Sign in as a watcher on this machine. `job` is the shell of the job that started it: once that
+ * is gone (the job crashed or was cancelled), this watcher no longer counts as another job's company.
+ */
+export function registerWatcher(stateDir: string, job?: JobProcess): () => void {
   const file = path.join(REGISTRY, String(process.pid))
   try {
     mkdirSync(REGISTRY, { recursive: true, mode: 0o1777 })
     // Entries of watchers killed without a goodbye (kill -9, the end of a docker stage).
     for (const name of readdirSync(REGISTRY)) if (!processAlive(Number(name))) rmSync(path.join(REGISTRY, name), { force: true })
-    writeFileSync(file, `${processStartTime(process.pid) ?? ''}\n${stateDir}\n`)
+    const jobLine = job ? `job ${job.pid} ${job.startTime ?? ''}\n` : ''
+    writeFileSync(file, `${processStartTime(process.pid) ?? ''}\n${stateDir}\n${jobLine}`)
   } catch {
     // an unwritable tmp: this watcher just cannot be seen by others
   }
   return () => rmSync(file, { force: true })
 }
 
-/** Whether another live watcher signed in (a stale entry of a dead one is ignored). */
+/**
+ * Whether another live watcher of a live job signed in. A stale entry of a dead watcher is
+ * ignored, and so is a watcher whose job's shell is gone: a crashed job's watcher must not put
+ * every later job on the machine in attribution mode.
+ */
 export function otherWatchersRunning(): boolean {
   let entries: string[]
   try {
@@ -97,8 +117,12 @@ export function otherWatchersRunning(): boolean {
     const pid = Number(name)
     if (!Number.isInteger(pid) || pid === process.pid || !processAlive(pid)) return false
     try {
-      const [startTime] = readFileSync(path.join(REGISTRY, name), 'utf8').split('\n')
-      return startTime === '' || startTime === processStartTime(pid)
+      const [startTime, , jobLine] = readFileSync(path.join(REGISTRY, name), 'utf8').split('\n')
+      if (startTime !== '' && startTime !== processStartTime(pid)) return false
+      const job = /^job (\d+) ?(\d*)$/.exec(jobLine ?? '')
+      if (!job) return true
+      const jobPid = Number(job[1])
+      return processAlive(jobPid) && (job[2] === '' || job[2] === processStartTime(jobPid))
     } catch {
       return false
     }

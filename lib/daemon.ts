@@ -118,7 +118,7 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
   }
 
   const attribution = new Attribution(paths.realised)
-  const unregister = registerWatcher(paths.dir)
+  const unregister = registerWatcher(paths.dir, session.job)
   await watcher.start()
   await writeStatus()
   await fs.writeFile(paths.pid, formatPidFile(process.pid, processStartTime(process.pid)))

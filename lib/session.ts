@@ -4,6 +4,7 @@
 import fs from 'node:fs/promises'
 import path from 'node:path'
 import { atticConfigHome, checkPushPermission, fetchCacheConfig, fetchError, withSlash, writeClientConfig, writePrivate } from './attic.js'
+import type { JobProcess } from './attribution.js'
 import type { Config } from './config.js'
 import { ignoredSubstituter, publicKeyOf, userNixConf, writeNixConfBlock } from './nix.js'
 import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
@@ -23,6 +24,8 @@ export interface Session {
   drainTimeout: number
   /** Seconds after which the watcher ends itself. */
   watchMaxAge: number
+  /** The job's shell (bootstrap's parent): while it lives, the watcher counts as company for other jobs' watchers. */
+  job?: JobProcess
   strict: boolean
 }
 

@@ -4,6 +4,7 @@ import fs from 'node:fs/promises'
 import minimist from 'minimist'
 import watcherSource from 'greedy-nix:watcher-source'
 import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { jobProcess } from '../lib/attribution.js'
 import { startWatcher, takeOverStateDir } from '../lib/control.js'
 import { debug, info, section } from '../lib/log.js'
 import { CLIENT_HINT, getAtticClient } from '../lib/client.js'
@@ -59,6 +60,7 @@ export async function bootstrap(argv: string[]): Promise<number> {
     else if (cacheProblem(config.strict, `no attic client (${found.why}): nothing will be pushed unless the build realises one; ${CLIENT_HINT}`) !== 0) return 1
   }
 
+  session.job = jobProcess()
   await saveSession(paths, session)
   // The watcher runs from a copy in the state dir, so a bootstrap piped into node can start it too.
   await fs.writeFile(paths.watcherScript, watcherSource)

@@ -3,6 +3,7 @@
 import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import minimist from 'minimist'
+import { jobProcess } from '../lib/attribution.js'
 import { cacheProblem, EXIT_NOT_RUNNING, handledInfoFlags, loadConfig, runAsEntry, watchRunArgv, type CommandInfo } from '../lib/cli.js'
 import { drainWatcher, startWatcher, stopWatcher, type DrainResult } from '../lib/control.js'
 import { runWatcher } from '../lib/daemon.js'
@@ -46,7 +47,7 @@ export async function watch(argv: string[]): Promise<number> {
         await fs.mkdir(paths.dir, { recursive: true })
         const prepared = await prepareSession(config, paths)
         if (!prepared.ok) return cacheProblem(config.strict, prepared.reason)
-        session = prepared.session
+        session = { ...prepared.session, job: jobProcess() }
         await saveSession(paths, session)
       }
       const script = process.argv[1]

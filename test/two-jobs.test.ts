@@ -3,7 +3,7 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { chainPaths, greedy, inFileCache, makeKeys, nixEnv, readJsonFile, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, chainPaths, greedy, inFileCache, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { processAlive } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
 
@@ -75,6 +75,25 @@ describe('a watcher never outlives its job on a shared runner', () => {
     expect((await greedy(next, a.project, 'build')).code).toBe(0)
     expect((await greedy(next, a.project, 'push')).code).toBe(0)
     expect(a.links.map((p) => inFileCache(otherCache, p))).toEqual([true, true])
+  })
+
+  it('a watcher whose job crashed does not change what the next job pushes: its plain nix build is pushed as it builds', async () => {
+    const dir = tmpDir('greedy-stale-')
+    const stale = job(dir, 'stale', 1)
+    // The crashed job: its shell ran bootstrap and is gone; its watcher lives on (its folder is still there).
+    const sh = await runCmd('sh', ['-c', `"${process.execPath}" "${path.join(DIST, 'greedy-nix.mjs')}" bootstrap`], { env: stale.env, cwd: stale.project })
+    expect(sh.code).toBe(0)
+    const stalePid = watcherPid(stale.project)
+    try {
+      const b = job(dir, 'b', 2)
+      expect((await greedy(b.env, b.project, 'bootstrap')).code).toBe(0)
+      expect((await runCmd('nix', nixArgs('build', '--no-link'), { env: b.env, cwd: b.project })).code).toBe(0)
+      expect((await greedy(b.env, b.project, 'watch', 'drain')).code).toBe(0)
+      expect(b.links.map((p) => inFileCache(b.cache, p))).toEqual([true, true])
+      expect((await greedy(b.env, b.project, 'push')).stdout).toMatch(/pushed 2 store paths incrementally/)
+    } finally {
+      process.kill(stalePid, 'SIGTERM')
+    }
   })
 
   it('ends itself after GREEDY_WATCH_MAX_AGE; a bad value is named and does not block', async () => {
