@@ -25,14 +25,27 @@ export interface NixVersion {
   impl: 'nix' | 'lix'
   major: number
   minor: number
+  /** The version line as printed (Lix ≥ 2.92 prints more lines after it). */
   raw: string
 }
 
-/** Parse `nix --version`: "nix (Nix) 2.8.0", "nix (Lix, like Nix) 2.91.1", "nix (Determinate Nix 3.6.2) 2.29.0". */
+/**
+ * Parse `nix --version`. The first line is `<program> (<name>) <version>`:
+ * - Nix: "nix (Nix) 2.8.0"; unofficial builds "nix (Nix) 2.36.0pre20260101_0123abcd" (NixOS/nix
+ *   packaging/components.nix: `pre<date>_<rev>`, or `_dirty`).
+ * - Lix: "nix (Lix, like Nix) 2.91.1", "nix (Lix, like Nix) 2.96.0-dev" (lix-project/lix
+ *   version.json), "… 2.92.0-dev-pre20250117-0d14c2b"; Lix ≥ 2.92 prints `System type:`,
+ *   `Data directory: …-lix-2.92.0-…/share` and more lines after it (lix/libmain/shared.cc
+ *   printVersion; doc/manual/src/release-notes/rl-2.92.md).
+ * - Determinate Nix: "nix (Determinate Nix 3.16.0) 2.33.3": the version after the parenthesis is the
+ *   Nix it is built on, which is what decides the CLI (DeterminateSystems/nix-src src/libmain/shared.cc).
+ */
 export function parseNixVersion(text: string): NixVersion | undefined {
-  const m = /(\d+)\.(\d+)(?:\.\d+)?\s*$/.exec(text.trim())
-  if (!m) return undefined
-  return { impl: /Lix/.test(text) ? 'lix' : 'nix', major: Number(m[1]), minor: Number(m[2]), raw: text.trim() }
+  for (const line of text.split('\n')) {
+    const m = /\(([^)]*)\)\s+(\d+)\.(\d+)[.\-+~_a-z0-9]*\s*$/i.exec(line.trim())
+    if (m) return { impl: /\bLix\b/.test(m[1]!) ? 'lix' : 'nix', major: Number(m[2]), minor: Number(m[3]), raw: line.trim() }
+  }
+  return undefined
 }
 
 let versionPromise: Promise<NixVersion | undefined> | undefined
@@ -44,10 +57,19 @@ export function nixVersion(): Promise<NixVersion | undefined> {
   return versionPromise
 }
 
-/** Nix ≥ 2.33 deprecates bare `--json` for path-info; format 1 is the long-standing one. */
+/**
+ * `nix path-info` JSON arguments. Nix ≥ 2.33 (and Determinate Nix built on it) warns on a bare
+ * `--json` ("'--json' without '--json-format' is deprecated; please specify '--json-format 1' or
+ * '--json-format 2'. This will become an error in a future release.", NixOS/nix src/nix/path-info.cc)
+ * and takes `--json-format` 1 or 2 (2.33–2.34) or 1, 2 or 3 (2.35+; src/libstore/path-info.cc
+ * parsePathInfoJsonFormat). Format 2 is asked for: the current structured format, accepted by every
+ * version that has the flag and used by Nix's own tests (tests/functional/path-info.sh); format 1 is
+ * kept only as "the legacy format" (doc/manual/source/release-notes/rl-2.33.md), and 3 is 2.35+ only.
+ * Lix has no `--json-format` and still prints the old array (lix/libstore/store-api.cc pathInfoToJSON).
+ */
 export function pathInfoJsonArgs(v: NixVersion | undefined): string[] {
-  const needsFormat = v !== undefined && v.impl === 'nix' && (v.major > 2 || (v.major === 2 && v.minor >= 33))
-  return needsFormat ? ['--json', '--json-format', '1'] : ['--json']
+  const hasFormat = v !== undefined && v.impl === 'nix' && (v.major > 2 || (v.major === 2 && v.minor >= 33))
+  return hasFormat ? ['--json', '--json-format', '2'] : ['--json']
 }
 
 export interface PathInfo {
@@ -61,34 +83,47 @@ export interface PathInfo {
   narSize?: number
 }
 
+const isObject = (x: unknown): x is Record<string, unknown> => typeof x === 'object' && x !== null && !Array.isArray(x)
+
+/** A signature as "keyName:base64": format 3 writes `{keyName, sig}` (NixOS/nix src/libstore-tests/data/path-info/json-3/impure.json). */
+function signatureText(s: unknown): string | undefined {
+  if (typeof s === 'string') return s
+  if (isObject(s) && typeof s.keyName === 'string' && typeof s.sig === 'string') return `${s.keyName}:${s.sig}`
+  return undefined
+}
+
 /**
- * `nix path-info --json` in every shape it has had: an array of objects with `path` (≤ 2.18, Lix),
- * an object keyed by store path with `null` for invalid ones (2.19+), keys without the store
- * directory, and signatures as strings or as `{keyName, sig}` objects (format 3).
+ * `nix path-info --json` in every shape it has had, `null` or `valid: false` for an invalid path:
+ * - an array of objects with `path` (Nix ≤ 2.18; Lix, with `{path, valid: false}` for invalid ones);
+ * - an object keyed by store path, `null` when invalid (Nix 2.19–2.32, and `--json-format 1` from
+ *   2.33, whose entries also carry `version` and `storeDir`);
+ * - `{"version": 2|3, "storeDir": "/nix/store", "info": {<base name>: {…} | null}}` (`--json-format 2`
+ *   and 3, NixOS/nix src/nix/path-info.cc pathInfoToJSON), with base names in keys and references,
+ *   and in format 3 signatures as `{keyName, sig}`.
  */
 export function parsePathInfoJson(text: string, dir = '/nix/store'): PathInfo[] {
   const data: unknown = JSON.parse(text)
+  // Only the wrapped formats have these two at the top; the keys of the others are store paths.
+  const wrapped = isObject(data) && typeof data.version === 'number' && isObject(data.info)
+  const storeDir = wrapped && typeof data.storeDir === 'string' ? data.storeDir : dir
+  const full = (p: string) => (p.startsWith('/') ? p : `${storeDir}/${p}`)
   const entries: Array<[string, unknown]> = Array.isArray(data)
-    ? data.map((o) => [String((o as { path?: unknown }).path ?? ''), o])
-    : Object.entries((data as Record<string, unknown>) ?? {})
-  return entries.map(([key, raw]) => {
-    const p = key.startsWith('/') ? key : `${dir}/${key}`
-    if (raw === null || typeof raw !== 'object') return { path: p, valid: false, ultimate: false, signatures: [], references: [] }
-    const o = raw as Record<string, unknown>
-    const sigs = Array.isArray(o.signatures) ? o.signatures : []
-    return {
-      path: p,
-      valid: o.valid !== false,
-      ultimate: o.ultimate === true,
-      signatures: sigs.map((s) =>
-        typeof s === 'string' ? s : `${(s as { keyName?: string }).keyName}:${(s as { sig?: string }).sig}`,
-      ),
-      references: Array.isArray(o.references)
-        ? o.references.map((r) => (String(r).startsWith('/') ? String(r) : `${dir}/${r}`))
-        : [],
-      narSize: typeof o.narSize === 'number' ? o.narSize : undefined,
-    }
-  })
+    ? data.filter(isObject).map((o) => [String(o.path ?? ''), o])
+    : Object.entries(wrapped ? (data.info as Record<string, unknown>) : isObject(data) ? data : {})
+  return entries
+    .filter(([key]) => key !== '')
+    .map(([key, raw]) => {
+      const p = full(key)
+      if (!isObject(raw)) return { path: p, valid: false, ultimate: false, signatures: [], references: [] }
+      return {
+        path: p,
+        valid: raw.valid !== false,
+        ultimate: raw.ultimate === true,
+        signatures: (Array.isArray(raw.signatures) ? raw.signatures : []).map(signatureText).filter((s) => s !== undefined),
+        references: Array.isArray(raw.references) ? raw.references.map((r) => full(String(r))) : [],
+        narSize: typeof raw.narSize === 'number' ? raw.narSize : undefined,
+      }
+    })
 }
 
 /** Path info for valid paths (callers check validity first: older Nix fails on an invalid one). */

@@ -13,7 +13,7 @@ const P = '/nix/store/cvqlpj0v3y4rvw0hrsd57v4vbbr6jzvr-sample-a-captured'
 describe('nix --version', () => {
   it.each([
     ['nix (Nix) 2.8.0', { impl: 'nix', major: 2, minor: 8 }, ['--json']],
-    ['nix (Nix) 2.33.1', { impl: 'nix', major: 2, minor: 33 }, ['--json', '--json-format', '1']],
+    ['nix (Nix) 2.33.1', { impl: 'nix', major: 2, minor: 33 }, ['--json', '--json-format', '2']],
     ['nix (Lix, like Nix) 2.91.1', { impl: 'lix', major: 2, minor: 91 }, ['--json']],
     ['nix (Determinate Nix 3.6.2) 2.29.0', { impl: 'nix', major: 2, minor: 29 }, ['--json']],
   ])('%s', (text, version, args) => {
@@ -74,7 +74,9 @@ describe('Nix internal-json build log', () => {
       const ev = parseNixLogLine(l)
       return ev ? log.feed(ev) : []
     })
-    expect(log.counts()).toEqual({ built: 1, substituted: 1, failed: 1 })
+    // Its one substitution (108, the first line) comes from another run and never stops, and the
+    // counter updates were not kept: only completed activities count.
+    expect(log.counts()).toEqual({ built: 1, substituted: 0, failed: 1 })
     expect(lines).toContain('sample-a-captured> hello from a')
     expect(lines).toContain('sample-b-captured> b fails')
     expect(lines.some((l) => l.includes("copying path '" + P))).toBe(true)
