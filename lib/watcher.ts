@@ -2,10 +2,11 @@
 // removed), checks it is valid, filters it, and hands it to a push sink. Unlike
 // `attic watch-store` it can be drained: `drain()` resolves when everything seen so far is settled.
 import fs from 'node:fs'
-import { access, readdir } from 'node:fs/promises'
+import { access } from 'node:fs/promises'
 import path from 'node:path'
 import type { PushSink, Settled } from './pusher.js'
 import { invalidPaths, queryPathInfo, type PathInfo } from './nix.js'
+import { entries, StoreSnapshot } from './snapshot.js'
 
 export interface WatcherCounts {
   /** Valid new paths seen. */
@@ -57,7 +58,7 @@ const CHECK_DELAY_MS = 100
 const MAX_FAILURES_KEPT = 50
 
 export class StoreWatcher {
-  private readonly known = new Set<string>()
+  private known: StoreSnapshot | undefined
   private readonly handled = new Set<string>()
   private candidates = new Set<string>()
   private checkTimer: NodeJS.Timeout | undefined
@@ -83,7 +84,7 @@ export class StoreWatcher {
 
   /** Snapshot the store (what exists now is never pushed) and start watching it. */
   async start(): Promise<void> {
-    for (const name of await readdir(this.opts.storeDir)) this.known.add(name)
+    this.known = StoreSnapshot.take(this.opts.storeDir)
     this.fsWatcher = fs.watch(this.opts.storeDir, (_event, name) => {
       if (typeof name !== 'string' || !name.endsWith('.lock')) return
       const target = name.slice(0, -'.lock'.length)
@@ -113,8 +114,8 @@ export class StoreWatcher {
 
   /** Entries that appeared without a lock event we saw (inotify overflow, races at start). */
   private async rescan(): Promise<void> {
-    for (const name of await readdir(this.opts.storeDir)) {
-      if (!this.known.has(name) && !this.handled.has(name)) this.consider(name)
+    for (const name of entries(this.opts.storeDir)) {
+      if (!this.known?.has(name) && !this.handled.has(name)) this.consider(name)
     }
   }
 
