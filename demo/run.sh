@@ -2,21 +2,31 @@
 # The greedy pattern in two pipelines, on this machine, with the built bundles and a file:// cache:
 #   pipeline A: a chain of 5 derivations, link 4 fails → build fails, links 1-3 are in the cache already;
 #   pipeline B: links 1-3 gone locally (a fresh runner), failure fixed → substituted, only 4-5 built.
-# Needs nix (Debian: apt-get install nix-bin) and `npm run build` first. Leaves everything in $DEMO_DIR.
+# On a fresh clone it installs what it needs first: Nix (Debian's nix-bin), the npm packages, the build.
+# Leaves everything in $DEMO_DIR.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 GREEDY="node $ROOT/dist/greedy-nix.mjs"
-command -v nix >/dev/null || { echo "demo: nix is not installed (Debian: apt-get install nix-bin)" >&2; exit 1; }
-[ -f "$ROOT/dist/greedy-nix.mjs" ] || { echo "demo: run 'npm run build' first" >&2; exit 1; }
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+if ! command -v nix >/dev/null; then
+  echo "demo: installing Nix (Debian's nix-bin)"
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nix-bin >/dev/null
+fi
+[ -d "$ROOT/node_modules" ] || (cd "$ROOT" && echo "demo: npm ci" && npm ci --no-audit --no-fund >/dev/null)
+[ -f "$ROOT/dist/greedy-nix.mjs" ] || (cd "$ROOT" && echo "demo: npm run build" && npm run build >/dev/null)
 
 DEMO_DIR="${DEMO_DIR:-$(mktemp -d /tmp/greedy-demo-XXXXXX)}"
 run_id="$(date +%s)-$$"
 system="$(uname -m | sed 's/arm64/aarch64/')-linux"
 mkdir -p "$DEMO_DIR/etc-nix"
-# An isolated Nix config: no network substituter, flakes on, no build users (works as root without a daemon).
-printf '%s\n' 'experimental-features = nix-command flakes' 'build-users-group =' 'substituters =' 'sandbox = false' > "$DEMO_DIR/etc-nix/nix.conf"
+# An isolated Nix config, the nixos/nix image's (no experimental feature on: greedy-nix turns on what it needs),
+# with no network substituter and no build users (works as root without a daemon).
+printf '%s\n' 'sandbox = false' 'build-users-group =' 'substituters =' > "$DEMO_DIR/etc-nix/nix.conf"
 export NIX_CONF_DIR="$DEMO_DIR/etc-nix"
 unset NIX_CONFIG
+nix() { command nix --extra-experimental-features 'nix-command flakes' "$@"; }
 
 flake() { # flake DIR FAIL_AT: a chain of 5 links, each sleeping a second; FAIL_AT=0 means none fails
   mkdir -p "$1"

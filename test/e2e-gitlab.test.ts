@@ -110,7 +110,7 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(a.code).not.toBe(0) // the job fails with the build
     expect(a.log).toContain('link 4 fails on purpose')
     expect(a.out).toContain('Running after script...')
-    expect(a.log).toContain('$ greedy-nix push')
+    expect(a.log).toContain('$ # after_script is a new shell: the component\'s inputs again.')
     expect(a.log).toMatch(/pushed 3 store paths incrementally, 0 in the final push, 0 failed/)
     expect(links.slice(0, 3).map((p) => inFileCache(ex.cache, p))).toEqual([true, true, true])
     expect(a.out).not.toContain('secret' in ex ? ex.secret : ex.token)
@@ -170,6 +170,28 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(Object.keys(expanded)).toEqual(expect.arrayContaining(['lint', 'test', 'bundles', 'example:greedy', 'npm:publish', 'release']))
     expect(expanded['example:greedy']).toMatchObject({ needs: [{ job: 'bundles' }], interruptible: true })
     expect(JSON.stringify(expanded['example:greedy']!.script)).toContain('./example#default')
+  })
+
+  // GitLab's precedence ("CI/CD variable precedence"): job variables outrank the project's top-level ones,
+  // so the component must not set a job variable from an input left empty.
+  it('inputs and variables compose: a cache set in top-level variables is used when no input names one; a given input wins', async () => {
+    const [secret] = makeKeys(nixEnv(tmpDir('greedy-gitlab-keys-')), `gitlab-${uid()}`)
+    const topLevel = 'variables:\n  GREEDY_CACHE_URL: file://$CI_PROJECT_DIR/.top-cache\n  GREEDY_DRAIN_TIMEOUT: "60"\n'
+    for (const [name, inputs, used, unused] of [
+      ['vars-top', {}, '.top-cache', '.input-cache'],
+      ['vars-input', { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache' }, '.input-cache', '.top-cache'],
+    ] as const) {
+      const ex = example(name, inputs, { GREEDY_SIGNING_KEY: secret })
+      ex.commit({ prefix: `gl-${name}-${uid()}`, chain: 2 }, topLevel)
+      const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
+      const r = await ex.pipeline()
+      expect(r.code, r.log).toBe(0)
+      expect(r.log).toMatch(/pushed 2 store paths incrementally/)
+      expect(links.map((p) => inFileCache(path.join(ex.project, used), p))).toEqual([true, true])
+      expect(fs.existsSync(path.join(ex.project, unused))).toBe(false)
+      // The artifact's links point into /nix/store; result-paths.txt names what to fetch from the cache.
+      expect(fs.readFileSync(path.join(ex.state, 'result-paths.txt'), 'utf8')).toBe(`${links[1]}\n`)
+    }
   })
 
   it('a cache server that is down: the job result is the build result, failed or green', async () => {
