@@ -9,6 +9,14 @@ import { liveWatcherPid, processAlive, readJson, type StatePaths } from './state
 
 
 /**
+ * What the runtime running us needs before a script's path: nothing for node; for Deno, `run` and
+ * the permissions the scripts use (`deno script.mjs` alone would run it with none).
+ */
+export function runtimeArgs(versions: NodeJS.ProcessVersions & { deno?: string } = process.versions): string[] {
+  return versions.deno ? ['run', '--allow-all'] : []
+}
+
+/**
  * Spawn `node <argv…>` as the watcher: own process group, stdin from /dev/null, output to the
  * log file. A child that keeps the job's stdout open would make the stage hang (gitlab-runner#2880).
  */
@@ -16,7 +24,7 @@ export async function startWatcher(paths: StatePaths, argv: readonly string[], e
   const running = await liveWatcherPid(paths)
   if (running !== undefined) return { pid: running, already: true }
   const out = fs.openSync(paths.log, 'a')
-  const child = spawn(process.execPath, argv, { detached: true, stdio: ['ignore', out, out], env })
+  const child = spawn(process.execPath, [...runtimeArgs(), ...argv], { detached: true, stdio: ['ignore', out, out], env })
   fs.closeSync(out)
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()))
   child.unref()
