@@ -170,6 +170,10 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(Object.keys(expanded)).toEqual(expect.arrayContaining(['lint', 'test', 'bundles', 'example:greedy', 'npm:publish', 'release']))
     expect(expanded['example:greedy']).toMatchObject({ needs: [{ job: 'bundles' }], interruptible: true })
     expect(JSON.stringify(expanded['example:greedy']!.script)).toContain('./example#default')
+    // Nothing is published unless the component worked on this commit; the catalog release uses glab.
+    for (const job of ['npm:publish', 'release']) expect(expanded[job]!.needs).toEqual(expect.arrayContaining([expect.objectContaining({ job: 'example:greedy' })]))
+    expect(expanded.release!.image).toMatchObject({ name: 'registry.gitlab.com/gitlab-org/cli:latest' })
+    expect(fs.existsSync(path.join(ROOT, 'LICENSE'))).toBe(true)
   })
 
   // GitLab's precedence ("CI/CD variable precedence"): job variables outrank the project's top-level ones,
