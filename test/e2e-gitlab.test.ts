@@ -176,26 +176,62 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(fs.existsSync(path.join(ROOT, 'LICENSE'))).toBe(true)
   })
 
-  // GitLab's precedence ("CI/CD variable precedence"): job variables outrank the project's top-level ones,
-  // so the component must not set a job variable from an input left empty.
-  it('inputs and variables compose: a cache set in top-level variables is used when no input names one; a given input wins', async () => {
-    const [secret] = makeKeys(nixEnv(tmpDir('greedy-gitlab-keys-')), `gitlab-${uid()}`)
+  // GitLab's precedence ("CI/CD variable precedence"), highest first: pipeline, project/group/instance CI/CD variables,
+  // job variables, top-level variables. So the component must not set a job variable from an input left empty (it
+  // would blank the top-level one), and a given input must still win over a CI/CD variable of the same name.
+  it('inputs and variables compose: a cache set in top-level variables is used when no input names one; a given input wins, even over a CI/CD variable', async () => {
+    const [secret, pub] = makeKeys(nixEnv(tmpDir('greedy-gitlab-keys-')), `gitlab-${uid()}`)
     const topLevel = 'variables:\n  GREEDY_CACHE_URL: file://$CI_PROJECT_DIR/.top-cache\n  GREEDY_DRAIN_TIMEOUT: "60"\n'
-    for (const [name, inputs, used, unused] of [
-      ['vars-top', {}, '.top-cache', '.input-cache'],
-      ['vars-input', { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache' }, '.input-cache', '.top-cache'],
-    ] as const) {
-      const ex = example(name, inputs, { GREEDY_SIGNING_KEY: secret })
-      ex.commit({ prefix: `gl-${name}-${uid()}`, chain: 2 }, topLevel)
+    const cases: Array<{ name: string; inputs: Record<string, string>; cicd?: string; used: string; unused: string[]; drain: number }> = [
+      { name: 'vars-top', inputs: {}, used: '.top-cache', unused: ['.input-cache'], drain: 60 },
+      // Number-like inputs are strings (so that they can be left empty): given quoted.
+      { name: 'vars-input', inputs: { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache', 'drain-timeout': '"90"' }, used: '.input-cache', unused: ['.top-cache'], drain: 90 },
+      // A project CI/CD variable (gitlab-ci-local reads them from .gitlab-ci-local-variables.yml) outranks job variables.
+      { name: 'vars-cicd', inputs: { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache' }, cicd: '.cicd-cache', used: '.input-cache', unused: ['.top-cache', '.cicd-cache'], drain: 60 },
+    ]
+    for (const c of cases) {
+      const ex = example(c.name, c.inputs, { GREEDY_SIGNING_KEY: secret })
+      ex.commit({ prefix: `gl-${c.name}-${uid()}`, chain: 2 }, topLevel)
+      if (c.cicd) fs.writeFileSync(path.join(ex.project, '.gitlab-ci-local-variables.yml'), `GREEDY_CACHE_URL: file://${path.join(ex.project, c.cicd)}\n`)
       const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
       const r = await ex.pipeline()
       expect(r.code, r.log).toBe(0)
       expect(r.log).toMatch(/pushed 2 store paths incrementally/)
-      expect(links.map((p) => inFileCache(path.join(ex.project, used), p))).toEqual([true, true])
-      expect(fs.existsSync(path.join(ex.project, unused))).toBe(false)
-      // The artifact's links point into /nix/store; result-paths.txt names what to fetch from the cache.
-      expect(fs.readFileSync(path.join(ex.state, 'result-paths.txt'), 'utf8')).toBe(`${links[1]}\n`)
+      expect(links.map((p) => inFileCache(path.join(ex.project, c.used), p))).toEqual([true, true])
+      for (const u of c.unused) expect(fs.existsSync(path.join(ex.project, u)), u).toBe(false)
+      expect(readJsonFile<{ drainTimeout: number }>(path.join(ex.state, 'session.json')).drainTimeout).toBe(c.drain)
+
+      // The result artifact's links point into /nix/store of the job's machine; result-paths.txt names what to
+      // fetch from the cache elsewhere, with the README's command (nix-store needs no experimental feature).
+      const listed = path.join(ex.state, 'result-paths.txt')
+      expect(fs.readFileSync(listed, 'utf8')).toBe(`${links[1]}\n`)
+      const elsewhere = nixEnv(tmpDir('greedy-gitlab-fetch-'))
+      fs.rmSync(path.join(ex.project, 'result')) // its GC root: another machine has none
+      deleteFromStore(elsewhere, links)
+      const paths = fs.readFileSync(listed, 'utf8').trim().split('\n')
+      const got = await runCmd('nix-store', ['--realise', ...paths, '--option', 'extra-substituters', `file://${path.join(ex.project, c.used)}`, '--option', 'extra-trusted-public-keys', pub], { env: elsewhere })
+      expect(got.code, got.out).toBe(0)
+      expect(got.out).toContain(`copying path '${links[1]}' from 'file://${path.join(ex.project, c.used)}'`)
+      expect(fs.readFileSync(links[1]!, 'utf8')).toContain(links[0]!)
     }
+  })
+
+  it('strict: a given "true" wins over GREEDY_STRICT=0 set as a CI/CD variable, and a cache that is down then fails a green job', async () => {
+    const closed = await freePort()
+    const ex = example('strict', { 'cache-url': `http://127.0.0.1:${closed}`, strict: '"true"' })
+    ex.commit({ prefix: `gl-strict-${uid()}`, chain: 1 })
+    fs.writeFileSync(path.join(ex.project, '.gitlab-ci-local-variables.yml'), 'GREEDY_STRICT: "0"\n')
+    const r = await ex.pipeline()
+    expect(r.code).not.toBe(0)
+    expect(r.log).toContain(`http://127.0.0.1:${closed} did not answer (ECONNREFUSED)`)
+    expect(r.log).not.toContain('building link 1') // bootstrap failed the job in before_script
+
+    // A value strict does not accept is refused when the pipeline is created, naming the input.
+    const bad = example('strict-bad', { strict: '"yes"' })
+    bad.commit({ prefix: `gl-strict-bad-${uid()}`, chain: 1 })
+    const preview = await runCmd(GCL, ['--preview'], { cwd: bad.project, env: nixEnv(tmpDir()) })
+    expect(preview.code).not.toBe(0)
+    expect(preview.out).toMatch(/strict.*input.*yes.*cannot be used because it is not in the list of allowed options/s)
   })
 
   it('a cache server that is down: the job result is the build result, failed or green', async () => {
