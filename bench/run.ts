@@ -7,12 +7,13 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { otherWatchersRunning } from '../lib/attribution.js'
-import { ATTIC_DOUBLE, DIST, ROOT, inFileCache, makeKeys, nixArgs, nixEnv, packagePaths, runCmd, tmpDir, uid, type Ran } from '../test/helpers.js'
+import { ATTIC_DOUBLE, DIST, ROOT, inFileCache, makeKeys, nixArgs, nixEnv, packagePaths, readJsonFile, runCmd, tmpDir, uid, type Ran } from '../test/helpers.js'
 import { startAtticServer, startHttpCache } from '../test/nginx.js'
 import { writeBenchFlake, type FlakeShape } from './flakes.js'
 
 const RUNS = positiveInt('BENCH_RUNS', 3)
 const SCALE = positiveInt('BENCH_SCALE', 2000)
+const WIDE = positiveInt('BENCH_WIDE', 1000)
 const GREEDY = path.join(DIST, 'greedy-nix.mjs')
 
 function positiveInt(name: string, fallback: number): number {
@@ -335,6 +336,52 @@ async function scale(): Promise<Section> {
   }
 }
 
+/** Processes the watcher started, from its GREEDY_DEBUG log: pushes, one-off checks, its `nix-store --serve`s. */
+function watcherProcesses(state: string): { copies: number; checks: number; serves: number } {
+  const log = fs.readFileSync(path.join(state, 'watch.log'), 'utf8')
+  const count = (re: RegExp) => (log.match(re) ?? []).length
+  return { copies: count(/(nix copy|attic push): \d+ path\(s\)/g), checks: count(/nix path-info: \d+ path\(s\)/g), serves: count(/nix-store --serve started/g) }
+}
+
+async function wide(): Promise<Section> {
+  const shape = { kind: 'fan' as const, count: WIDE }
+  const times: Record<string, number[]> = { 'plain nix build': [], 'greedy-nix build, file://': [] }
+  const perPath: number[] = []
+  let leavesMissing = 0
+  for (let run = 0; run < RUNS; run++) {
+    for (const variant of Object.keys(times)) {
+      const j = await newJob('wide', shape)
+      must(await j.nix('eval', '--raw', '.#default.drvPath'), 'nix eval') // evaluation is not what is compared
+      if (variant === 'plain nix build') {
+        times[variant]!.push((await timed(async () => must(await j.nix('build', '--out-link', 'result', '--keep-going'), 'nix build')))[1])
+      } else {
+        must(await j.greedy('bootstrap'), 'bootstrap')
+        times[variant]!.push((await timed(async () => must(await j.greedy('build'), 'build')))[1])
+        leavesMissing += WIDE - j.inCache(j.outs())
+        const p = watcherProcesses(j.state)
+        const pushed = readJsonFile<{ counts: { pushed: number } }>(path.join(j.state, 'watch-status.json')).counts.pushed
+        perPath.push((p.copies + p.checks + p.serves) / Math.max(1, pushed))
+        must(await j.greedy('push'), 'push')
+      }
+      await j.done()
+    }
+  }
+  const ratio = median(times['greedy-nix build, file://']!) / median(times['plain nix build']!)
+  return {
+    title: `4b. Wide build — a fan of ${WIDE} tiny derivations, \`greedy-nix build\` vs plain \`nix build\`, file://, ${RUNS} runs alternating`,
+    rows: [
+      ...Object.entries(times).map(([v, xs]) => [v, spread(xs, 's', 1)] as [string, string]),
+      ['greedy-nix build / plain (target ≤ 1.05)', `${ratio.toFixed(3)} ×`],
+      ['leaves missing from the cache when build returned', String(leavesMissing)],
+      ['processes the watcher started per pushed path', spread(perPath, '', 3)],
+    ],
+    targets: [
+      `Wide build (fan of ${WIDE}): ${ratio.toFixed(3)} × plain nix build (≤ 1.05) — ${verdict(ratio, 1.05)}`,
+      `Wide build: ${leavesMissing} leaves missing from the cache when build returned — ${leavesMissing === 0 ? 'met' : 'missed'}`,
+    ],
+  }
+}
+
 async function startup(): Promise<Section> {
   const n = Math.max(15, RUNS * 5)
   const names = ['bootstrap', 'watch', 'build', 'push', 'greedy-nix']
@@ -408,7 +455,7 @@ async function memory(): Promise<Section> {
   }
 }
 
-const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, scale, memory, startup }
+const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, wide, scale, memory, startup }
 
 async function main(): Promise<void> {
   const chosen = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS)

@@ -37,6 +37,7 @@ export {
   type PushOutcome,
 } from './attic.js'
 export { AtticSink, NixCopySink, type PushSink, type Settled, type SinkOptions } from './pusher.js'
+export { ServeConnection, type ServedInfo } from './serve.js'
 export { StoreWatcher, findAtticClient, isPushCandidateName, needsPush, type WatcherCounts, type WatcherOptions } from './watcher.js'
 export { runWatcher, makeSink, type WatcherStatus } from './daemon.js'
 export { drainWatcher, startWatcher, stopWatcher, type DrainResult } from './control.js'

@@ -31,23 +31,27 @@ export interface SinkOptions {
 }
 
 /** The most paths one push process takes. */
-const BATCH_MAX = 64
+const BATCH_MAX = 128
 /**
- * The least time between the starts of two push processes. A path that comes alone goes at once;
- * a stream of small paths (thousands of tiny derivations) goes in batches, at most four processes
- * a second, instead of one `nix copy` per path competing with the build for CPU.
+ * The least time between the starts of two push processes. A path that comes alone goes at once.
+ * Each process start costs a wide build of tiny derivations ~50 ms of wall time on 2 cores
+ * (measured on a fan of 300: four pushes a second made the build 1.7 × slower, one a second 1.1 ×;
+ * docs/BENCHMARKS.md), so a stream of paths goes in batches: while each batch finds more than one
+ * path waiting, the gap doubles up to MAX_GAP_MS; a batch of one path brings it back down.
  */
-const MIN_GAP_MS = 250
+const MIN_GAP_MS = 500
+const MAX_GAP_MS = 2000
 
 /**
  * Hands paths to `push` one batch at a time, in the order they became valid (dependencies before
- * dependants): never more than one push process, and never two starts closer than MIN_GAP_MS.
+ * dependants): never more than one push process, and starts spaced by the gap above.
  */
 class Batcher {
   private pending: string[] = []
   private running: Promise<void> | undefined
   private timer: NodeJS.Timeout | undefined
   private lastStart = -Infinity
+  private gap = MIN_GAP_MS
 
   /** `push` settles every path it is given and never rejects. */
   constructor(private readonly push: (batch: string[]) => Promise<void>) {}
@@ -73,7 +77,7 @@ class Batcher {
 
   private next(): void {
     if (this.running || this.timer || this.pending.length === 0) return
-    const wait = this.lastStart + MIN_GAP_MS - performance.now()
+    const wait = this.lastStart + this.gap - performance.now()
     if (wait > 0) this.timer = setTimeout(() => this.start(), wait)
     else this.start()
   }
@@ -84,6 +88,7 @@ class Batcher {
     if (this.running || this.pending.length === 0) return
     this.lastStart = performance.now()
     const batch = this.pending.splice(0, BATCH_MAX)
+    this.gap = batch.length > 1 ? Math.min(this.gap * 2, MAX_GAP_MS) : MIN_GAP_MS
     this.running = this.push(batch).finally(() => {
       this.running = undefined
       this.next()

@@ -6,6 +6,7 @@ import { access } from 'node:fs/promises'
 import path from 'node:path'
 import type { PushSink, Settled } from './pusher.js'
 import { invalidPaths, queryPathInfo, type PathInfo } from './nix.js'
+import { ServeConnection, type ServedInfo } from './serve.js'
 import { entries, StoreSnapshot } from './snapshot.js'
 
 export interface WatcherCounts {
@@ -56,6 +57,8 @@ export function needsPush(info: PathInfo, skipKeyNames: ReadonlySet<string>): bo
 /** While a check runs, how long new lock removals are gathered so that one check covers them all. */
 const CHECK_DELAY_MS = 100
 const MAX_FAILURES_KEPT = 50
+/** After this many failures of `nix-store --serve`, checks use one-off processes for good. */
+const SERVE_FAILURES_MAX = 3
 
 export class StoreWatcher {
   private known: StoreSnapshot | undefined
@@ -70,6 +73,8 @@ export class StoreWatcher {
   private readonly outstanding = new Set<string>()
   private readonly pushedPaths = new Set<string>()
   private readonly skipKeys: ReadonlySet<string>
+  private readonly serve = new ServeConnection(60_000, () => this.opts.debug?.('nix-store --serve started'))
+  private serveFailures = 0
   readonly failures = new Map<string, string>()
   readonly counts: WatcherCounts = { seen: 0, pushed: 0, cached: 0, failed: 0, skipped: 0, pending: 0 }
 
@@ -104,6 +109,7 @@ export class StoreWatcher {
   close(): void {
     clearTimeout(this.checkTimer)
     this.fsWatcher?.close()
+    this.serve.close()
     this.sink?.kill()
   }
 
@@ -172,20 +178,53 @@ export class StoreWatcher {
     this.opts.onChange?.()
   }
 
-  /**
-   * Path info of those of `paths` that are valid. A removed lock almost always means a valid path,
-   * so one `nix path-info` answers (each process costs tens of ms, and time-to-cache is the point);
-   * only when it fails (Nix ≤ 2.18 refuses an invalid path) are the invalid ones sorted out first.
-   */
+  /** Path info of those of `paths` that are valid: from the open `nix-store --serve`, else from one-off processes. */
   private async validInfos(paths: string[]): Promise<PathInfo[]> {
+    return (await this.servedInfos(paths)) ?? this.queriedInfos(paths)
+  }
+
+  /** Invalid paths are let go: a later lock event or the drain's rescan brings them back. */
+  private notValid(p: string): void {
+    this.opts.debug?.(`not valid (yet), skipped: ${p}`)
+    this.handled.delete(path.basename(p))
+  }
+
+  /** Through the serve connection, no process started; undefined when it failed. */
+  private async servedInfos(paths: string[]): Promise<PathInfo[] | undefined> {
+    if (this.serveFailures >= SERVE_FAILURES_MAX) return undefined
+    let served: ServedInfo[]
+    try {
+      served = await this.serve.pathInfos(paths)
+    } catch (err) {
+      const why = (err as Error).message
+      if (++this.serveFailures < SERVE_FAILURES_MAX) this.opts.debug?.(`store query failed (${why}), asking nix path-info instead`)
+      else this.opts.info?.(`store query failed ${SERVE_FAILURES_MAX} times (${why}): checking new paths with nix path-info from now on`)
+      return undefined
+    }
+    const valid = new Set(served.map((i) => i.path))
+    const invalid = paths.filter((p) => !valid.has(p))
+    for (const p of invalid) this.notValid(p)
+    // A nix-daemon behind the connection remembers "not valid" for the connection's life: start afresh.
+    if (invalid.length > 0) this.serve.close()
+    // Signed by a key we skip: substituted, or built here and signed by nix.conf's secret-key-files.
+    // Only `nix path-info` tells which (`ultimate`); such paths are rare during a build.
+    const unsure = served.filter((i) => !needsPush({ ...i, ultimate: false }, this.skipKeys)).map((i) => i.path)
+    if (unsure.length > 0) this.opts.debug?.(`nix path-info: ${unsure.length} path(s) signed by a skipped key`)
+    const built = new Set((await queryPathInfo(unsure)).filter((i) => i.ultimate).map((i) => i.path))
+    return served.map((i) => ({ ...i, ultimate: built.has(i.path) }))
+  }
+
+  /**
+   * One `nix path-info` (a removed lock almost always means a valid path); only when it fails
+   * (Nix ≤ 2.18 refuses an invalid path) are the invalid ones sorted out first.
+   */
+  private async queriedInfos(paths: string[]): Promise<PathInfo[]> {
+    this.opts.debug?.(`nix path-info: ${paths.length} path(s)`)
     const all = await queryPathInfo(paths).catch(() => undefined)
     const invalid = all
       ? new Set(paths.filter((p) => !all.some((i) => i.path === p && i.valid)))
       : await invalidPaths(paths)
-    for (const p of invalid) {
-      this.opts.debug?.(`not valid (yet), skipped: ${p}`)
-      this.handled.delete(path.basename(p)) // a later event or rescan brings it back
-    }
+    for (const p of invalid) this.notValid(p)
     if (all) return all.filter((i) => i.valid && !invalid.has(i.path))
     return queryPathInfo(paths.filter((p) => !invalid.has(p)))
   }
