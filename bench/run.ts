@@ -8,6 +8,7 @@ import os from 'node:os'
 import path from 'node:path'
 import { otherWatchersRunning } from '../lib/attribution.js'
 import { ATTIC_DOUBLE, DIST, ROOT, inFileCache, makeKeys, nixArgs, nixEnv, packagePaths, readJsonFile, runCmd, tmpDir, uid, type Ran } from '../test/helpers.js'
+import { startFaultProxy } from '../test/fault-proxy.js'
 import { startAtticServer, startHttpCache } from '../test/nginx.js'
 import { writeBenchFlake, type FlakeShape } from './flakes.js'
 
@@ -74,7 +75,14 @@ let signingPublicKey = ''
 /** Jobs not done yet: a scenario that fails half-way still ends their watchers and caches. */
 const open = new Set<Job>()
 
-async function newJob(name: string, shape: Omit<FlakeShape, 'prefix'>, opts: { backend?: Backend; cacheFrom?: Job; prefix?: string } = {}): Promise<Job> {
+/**
+ * `latencyMs`: the latency stand-in, our proxy (test/fault-proxy.ts) in front of the cache holding
+ * every request (GET, HEAD, PUT, attic's API calls) that long, as a cache over the internet does.
+ * `env`: more variables for the job (GREEDY_PUSH_JOBS).
+ */
+interface JobOptions { backend?: Backend; cacheFrom?: Job; prefix?: string; latencyMs?: number; env?: NodeJS.ProcessEnv }
+
+async function newJob(name: string, shape: Omit<FlakeShape, 'prefix'>, opts: JobOptions = {}): Promise<Job> {
   const dir = tmpDir(`greedy-bench-${name}-`)
   const project = path.join(dir, 'project')
   const prefix = opts.prefix ?? `bench-${name}-${uid()}`
@@ -105,7 +113,17 @@ async function newJob(name: string, shape: Omit<FlakeShape, 'prefix'>, opts: { b
     stop = server.stop
     cacheEnv = { ATTIC_SERVER: server.url, ATTIC_CACHE: 'main', ATTIC_TOKEN: token, PATH: `${bin}:${process.env.PATH}` }
   }
-  const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, ...cacheEnv, GREEDY_DEBUG: '1' })
+  if (opts.latencyMs) {
+    const target = cacheEnv.ATTIC_SERVER ?? cacheEnv.GREEDY_CACHE_URL!
+    const proxy = await startFaultProxy(target, () => ({ kind: 'slow', ms: opts.latencyMs! }))
+    const stopCache = stop
+    stop = async () => {
+      await proxy.stop()
+      await stopCache()
+    }
+    cacheEnv = { ...cacheEnv, ...(cacheEnv.ATTIC_SERVER ? { ATTIC_SERVER: proxy.url } : { GREEDY_CACHE_URL: proxy.url }) }
+  }
+  const env = nixEnv(path.join(dir, 'home'), { CI_PROJECT_DIR: project, ...cacheEnv, GREEDY_DEBUG: '1', ...opts.env })
   const state = path.join(project, '.greedy-nix')
   const job: Job = {
     prefix, project, cacheDir, env, state,
@@ -382,6 +400,79 @@ async function wide(): Promise<Section> {
   }
 }
 
+/** One job with a cache `latencyMs` away: plain `nix build`, or greedy-nix's build step; seconds, and leaves missing after it. */
+async function remoteRun(shape: Omit<FlakeShape, 'prefix'>, variant: 'plain' | 'greedy', opts: JobOptions): Promise<{ seconds: number; missing: number; pushed: number }> {
+  const j = await newJob('remote', shape, opts)
+  must(await j.nix('eval', '--raw', '.#default.drvPath'), 'nix eval') // evaluation is not what is compared
+  let seconds: number
+  let missing = 0
+  let pushed = 0
+  if (variant === 'plain') {
+    seconds = (await timed(async () => must(await j.nix('build', '--out-link', 'result', '--keep-going'), 'nix build')))[1]
+  } else {
+    must(await j.greedy('bootstrap'), 'bootstrap')
+    seconds = (await timed(async () => must(await j.greedy('build'), 'build')))[1]
+    const outs = j.outs()
+    missing = outs.length - j.inCache(outs)
+    pushed = readJsonFile<{ counts: { pushed: number } }>(path.join(j.state, 'watch-status.json')).counts.pushed
+    must(await j.greedy('push'), 'push')
+  }
+  await j.done()
+  return { seconds, missing, pushed }
+}
+
+async function remote(): Promise<Section> {
+  const FAN = 200
+  const rows: [string, string][] = []
+  const targets: string[] = []
+  let missing = 0
+  const compare = async (what: string, shape: Omit<FlakeShape, 'prefix'>, opts: JobOptions, limit: number, runs = RUNS) => {
+    const plain: number[] = []
+    const greedy: number[] = []
+    const rate: number[] = []
+    for (let run = 0; run < runs; run++) {
+      plain.push((await remoteRun(shape, 'plain', opts)).seconds)
+      const g = await remoteRun(shape, 'greedy', opts)
+      greedy.push(g.seconds)
+      rate.push(g.pushed / g.seconds)
+      missing += g.missing
+    }
+    const ratio = median(greedy) / median(plain)
+    rows.push([`${what}: plain nix build`, spread(plain, 's', 1)])
+    rows.push([`${what}: greedy-nix build (pushed / build time: ${median(rate).toFixed(0)} paths/s)`, `${spread(greedy, 's', 1)}, ${ratio.toFixed(2)} × plain (target ≤ ${limit})`])
+    if (limit < Infinity) targets.push(`Remote cache, ${what}: ${ratio.toFixed(2)} × plain nix build (≤ ${limit}) — ${verdict(ratio, limit)}`)
+  }
+  const fan = { kind: 'fan' as const, count: FAN }
+  const chain = { kind: 'chain' as const, count: 10, seconds: 1 }
+  await compare(`fan of ${FAN}, HTTP 100 ms`, fan, { backend: 'http', latencyMs: 100 }, 3)
+  await compare(`fan of ${FAN}, HTTP 100 ms, GREEDY_PUSH_JOBS=1 (one push process, as before)`, fan, { backend: 'http', latencyMs: 100, env: { GREEDY_PUSH_JOBS: '1' } }, Infinity, 1)
+  await compare(`fan of ${FAN}, HTTP 300 ms`, fan, { backend: 'http', latencyMs: 300 }, Infinity)
+  await compare('chain of 10 × 1 s, HTTP 100 ms', chain, { backend: 'http', latencyMs: 100 }, 1.05)
+  await compare('chain of 10 × 1 s, HTTP 300 ms', chain, { backend: 'http', latencyMs: 300 }, Infinity)
+  await compare(`fan of ${FAN}, attic 100 ms`, fan, { backend: 'attic', latencyMs: 100 }, 3)
+  await compare(`fan of ${FAN}, attic 100 ms, GREEDY_PUSH_JOBS=1`, fan, { backend: 'attic', latencyMs: 100, env: { GREEDY_PUSH_JOBS: '1' } }, Infinity, 1)
+  targets.push(`Remote cache: ${missing} leaves missing from the cache when build returned — ${missing === 0 ? 'met' : 'missed'}`)
+
+  // The final push of a closure of 1,000 paths that the cache has already: one query per path.
+  const FINAL = 1000
+  const filled = await newJob('remote-final', { kind: 'fan', count: FINAL })
+  must(await filled.nix('build', '--out-link', 'result'), 'nix build')
+  must(await filled.nix('copy', '--to', filled.env.GREEDY_CACHE_URL!, path.join(filled.project, 'result')), 'nix copy')
+  const again = await newJob('remote-final', { kind: 'fan', count: FINAL }, { cacheFrom: filled, prefix: filled.prefix, latencyMs: 100 })
+  must(await again.nix('build', '--out-link', 'result', '--offline'), 'nix build') // in the store already: nothing built
+  must(await again.greedy('bootstrap'), 'bootstrap')
+  const [, finalSeconds] = await timed(async () => must(await again.greedy('push'), 'push'))
+  await again.done()
+  await filled.done()
+  rows.push([`final push, a closure of ${FINAL + 1} paths the cache already has, 100 ms (target ≤ 10 s)`, `${finalSeconds.toFixed(1)} s`])
+  targets.push(`Remote cache, final push of ${FINAL + 1} cached paths at 100 ms: ${finalSeconds.toFixed(1)} s (≤ 10) — ${verdict(finalSeconds, 10)}`)
+  return {
+    title: `6. Remote cache — every request 100 or 300 ms late (the latency stand-in), ${RUNS} runs alternating unless said`,
+    rows,
+    targets,
+  }
+}
+
 async function startup(): Promise<Section> {
   const n = Math.max(15, RUNS * 5)
   const names = ['bootstrap', 'watch', 'build', 'push', 'greedy-nix']
@@ -407,7 +498,7 @@ async function startup(): Promise<Section> {
     rows.push([`${name}.mjs --help (${size} KiB)`, `${median(ms[name]!).toFixed(0)} ms, ${ratio.toFixed(2)} × bare node`])
     targets.push(`Startup, ${name}.mjs: ${ratio.toFixed(2)} × bare node (≤ 1.5) — ${verdict(ratio, 1.5)}`)
   }
-  return { title: `6. Startup — each bundle's \`--help\` vs bare node, alternating, medians of ${n} runs, and bundle sizes`, rows, targets }
+  return { title: `7. Startup — each bundle's \`--help\` vs bare node, alternating, medians of ${n} runs, and bundle sizes`, rows, targets }
 }
 
 /** Peak RSS of one job's watcher on a fan of 200 new paths, with `fillers` more entries in /nix/store. */
@@ -455,7 +546,7 @@ async function memory(): Promise<Section> {
   }
 }
 
-const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, wide, scale, memory, startup }
+const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, wide, scale, memory, remote, startup }
 
 async function main(): Promise<void> {
   const chosen = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS)

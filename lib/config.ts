@@ -44,6 +44,14 @@ export interface Config {
    * outliving a crashed job on a shared runner (its state dir gone or taken over end it sooner).
    */
   watchMaxAge: number
+  /**
+   * Push processes the watcher runs at once. A remote cache answers each request 50–300 ms late
+   * and `nix copy` uploads one path after another, so several processes, each with its own paths,
+   * multiply the throughput; a `file://` cache is limited by this machine's CPU and disk, where
+   * more processes only compete with the build. Default: 1 for file://, 8 for other store URLs,
+   * 2 for attic (each `attic push` already uploads 5 paths at once).
+   */
+  pushJobs: number
   include?: RegExp
   exclude?: RegExp
   /**
@@ -67,6 +75,7 @@ export const VARIABLES = {
   GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
   GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
   GREEDY_WATCH_MAX_AGE: { flag: 'watch-max-age', doc: 'seconds after which a watcher ends itself (default: 2678400, 31 days, above GitLab\'s longest job timeout)' },
+  GREEDY_PUSH_JOBS: { flag: 'push-jobs', doc: 'push processes at once (default: 1 for file://, 8 for other store URLs, 2 for attic)' },
   GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
   GREEDY_EXCLUDE: { flag: 'exclude', doc: 'do not push store paths matching this regular expression on their own (closures of other paths still carry them)' },
   GREEDY_STRICT: { flag: 'strict', doc: '1: cache problems fail the job (default: 0, they only warn)' },
@@ -139,6 +148,10 @@ const PARSERS = {
     trim(z.regex(/^[1-9]\d*$/, { error: 'expected a whole number of seconds (1 or more)' })),
     z.transform(Number),
   ),
+  GREEDY_PUSH_JOBS: z.pipe(
+    trim(z.regex(/^([1-9]|[1-5]\d|6[0-4])$/, { error: 'expected a whole number from 1 to 64' })),
+    z.transform(Number),
+  ),
   GREEDY_INCLUDE: regex,
   GREEDY_EXCLUDE: regex,
   GREEDY_STRICT: z.pipe(
@@ -204,6 +217,7 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     stateDir: path.resolve(cwd, values.GREEDY_STATE_DIR ?? path.join(projectDir, '.greedy-nix')),
     drainTimeout: values.GREEDY_DRAIN_TIMEOUT ?? 120,
     watchMaxAge: values.GREEDY_WATCH_MAX_AGE ?? DEFAULT_WATCH_MAX_AGE,
+    pushJobs: values.GREEDY_PUSH_JOBS ?? (backend === 'attic' ? 2 : values.GREEDY_CACHE_URL?.url.startsWith('file:') ? 1 : 8),
     include: values.GREEDY_INCLUDE,
     exclude: values.GREEDY_EXCLUDE,
     strict: values.GREEDY_STRICT ?? false,

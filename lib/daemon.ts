@@ -46,9 +46,10 @@ export async function ownerGone(paths: StatePaths, startedAt: number, maxAgeS: n
 }
 
 export function makeSink(session: Session, opts: SinkOptions): PushSink | undefined {
-  if (session.backend === 'nix' && session.nix) return new NixCopySink(session.nix.url, opts)
+  const withLanes = { lanes: session.pushJobs, ...opts }
+  if (session.backend === 'nix' && session.nix) return new NixCopySink(session.nix.url, withLanes)
   if (session.backend === 'attic' && session.attic && session.client) {
-    return new AtticSink(session.client, session.attic.cache, atticEnv(session.attic.configHome), opts)
+    return new AtticSink(session.client, session.attic.cache, atticEnv(session.attic.configHome), withLanes)
   }
   return undefined
 }

@@ -153,7 +153,15 @@ export interface CopyResult extends RunResult {
  * then waits for the stall timeout (seen here), so we retry with a fresh `nix copy` instead. A
  * server that accepts and never answers costs 30 s, not the 300 s default.
  */
-const COPY_OPTIONS = ['--option', 'download-attempts', '1', '--option', 'connect-timeout', '10', '--option', 'stalled-download-timeout', '30']
+const COPY_OPTIONS = [
+  '--option', 'download-attempts', '1', '--option', 'connect-timeout', '10', '--option', 'stalled-download-timeout', '30',
+  // Whether the cache has a path is asked of the cache, not of the narinfo disk cache: there, the
+  // build's own substituter lookups left "not in the cache" for every path it then built, and
+  // `nix copy` trusts such an answer for an hour (store-api.cc `isValidPath` reads the disk cache
+  // first), so each push uploaded again every reference pushed before it (seen: a chain's links
+  // uploaded once per dependant).
+  '--option', 'narinfo-cache-negative-ttl', '0',
+]
 
 export async function copyTo(url: string, paths: readonly string[], opts: { timeoutMs: number; env?: NodeJS.ProcessEnv; signal?: AbortSignal }): Promise<CopyResult> {
   const copied: string[] = []

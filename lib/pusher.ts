@@ -2,6 +2,7 @@
 // given exactly once as pushed, already cached, or failed, so a drain knows when it is done.
 import { setTimeout as sleep } from 'node:timers/promises'
 import { pushPaths, type PushOutcome } from './attic.js'
+import { Batcher } from './batcher.js'
 import { describeFailure, errorLine } from './exec.js'
 import { copyTo, storeDir } from './nix.js'
 import { backoffMs, classifyError, MAX_ATTEMPTS, RetryBudget } from './retry.js'
@@ -13,7 +14,8 @@ export type Settled =
   | { path: string; status: 'failed'; error: string }
 
 export interface PushSink {
-  add(paths: readonly string[]): void
+  /** `references`, where known, lets a sink with several lanes keep dependants after their references. */
+  add(paths: readonly string[], references?: ReadonlyMap<string, readonly string[]>): void
   /** Resolves when every path added so far is settled. */
   flush(): Promise<void>
   /** Stop at once; unsettled paths stay unsettled. */
@@ -28,77 +30,13 @@ export interface SinkOptions {
   runTimeoutMs: number
   /** Each push process started, for GREEDY_DEBUG=1 (benchmarks count them). */
   debug?: (msg: string) => void
-}
-
-/** The most paths one push process takes. */
-const BATCH_MAX = 128
-/**
- * The least time between the starts of two push processes. A path that comes alone goes at once.
- * Each process start costs a wide build of tiny derivations ~50 ms of wall time on 2 cores
- * (measured on a fan of 300: four pushes a second made the build 1.7 × slower, one a second 1.1 ×;
- * docs/BENCHMARKS.md), so a stream of paths goes in batches: while each batch finds more than one
- * path waiting, the gap doubles up to MAX_GAP_MS; a batch of one path brings it back down.
- */
-const MIN_GAP_MS = 500
-const MAX_GAP_MS = 2000
-
-/**
- * Hands paths to `push` one batch at a time, in the order they became valid (dependencies before
- * dependants): never more than one push process, and starts spaced by the gap above.
- */
-class Batcher {
-  private pending: string[] = []
-  private running: Promise<void> | undefined
-  private timer: NodeJS.Timeout | undefined
-  private lastStart = -Infinity
-  private gap = MIN_GAP_MS
-
-  /** `push` settles every path it is given and never rejects. */
-  constructor(private readonly push: (batch: string[]) => Promise<void>) {}
-
-  add(paths: readonly string[]): void {
-    this.pending.push(...paths)
-    this.next()
-  }
-
-  /** Resolves when every path added so far went through `push`; a drain does not wait for the gap. */
-  async flush(): Promise<void> {
-    for (;;) {
-      if (!this.running && this.pending.length > 0) this.start()
-      if (!this.running) return
-      await this.running
-    }
-  }
-
-  kill(): void {
-    clearTimeout(this.timer)
-    this.pending = []
-  }
-
-  private next(): void {
-    if (this.running || this.timer || this.pending.length === 0) return
-    const wait = this.lastStart + this.gap - performance.now()
-    if (wait > 0) this.timer = setTimeout(() => this.start(), wait)
-    else this.start()
-  }
-
-  private start(): void {
-    clearTimeout(this.timer)
-    this.timer = undefined
-    if (this.running || this.pending.length === 0) return
-    this.lastStart = performance.now()
-    const batch = this.pending.splice(0, BATCH_MAX)
-    this.gap = batch.length > 1 ? Math.min(this.gap * 2, MAX_GAP_MS) : MIN_GAP_MS
-    this.running = this.push(batch).finally(() => {
-      this.running = undefined
-      this.next()
-    })
-  }
+  /** Push processes at once (GREEDY_PUSH_JOBS); default 1. */
+  lanes?: number
 }
 
 /** `nix copy --to URL`, in batches: one process per batch, not per path. */
 export class NixCopySink implements PushSink {
-  private readonly batcher = new Batcher((batch) => this.copy(batch))
+  private readonly batcher: Batcher
   /** Ends the copies under way when the watcher stops: none may outlive it. */
   private readonly stopping = new AbortController()
 
@@ -106,10 +44,12 @@ export class NixCopySink implements PushSink {
     private readonly url: string,
     private readonly opts: SinkOptions,
     private readonly env?: NodeJS.ProcessEnv,
-  ) {}
+  ) {
+    this.batcher = new Batcher((batch) => this.copy(batch), opts.lanes)
+  }
 
-  add(paths: readonly string[]): void {
-    this.batcher.add(paths)
+  add(paths: readonly string[], references?: ReadonlyMap<string, readonly string[]>): void {
+    this.batcher.add(paths, references)
   }
 
   flush(): Promise<void> {
@@ -162,7 +102,7 @@ export class NixCopySink implements PushSink {
  * cache) fails the batch and every later one at once, without running the client again.
  */
 export class AtticSink implements PushSink {
-  private readonly batcher = new Batcher((batch) => this.push(batch))
+  private readonly batcher: Batcher
   private readonly stopping = new AbortController()
   /** The server's answer when it refused the whole cache: nothing more is sent. */
   private refused: string | undefined
@@ -172,10 +112,12 @@ export class AtticSink implements PushSink {
     private readonly cache: string,
     private readonly env: NodeJS.ProcessEnv,
     private readonly opts: SinkOptions,
-  ) {}
+  ) {
+    this.batcher = new Batcher((batch) => this.push(batch), opts.lanes)
+  }
 
-  add(paths: readonly string[]): void {
-    if (paths.length > 0) this.batcher.add(paths)
+  add(paths: readonly string[], references?: ReadonlyMap<string, readonly string[]>): void {
+    if (paths.length > 0) this.batcher.add(paths, references)
   }
 
   flush(): Promise<void> {

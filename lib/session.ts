@@ -24,6 +24,8 @@ export interface Session {
   drainTimeout: number
   /** Seconds after which the watcher ends itself. */
   watchMaxAge: number
+  /** Push processes at once (absent in a session.json from an older release: 1). */
+  pushJobs?: number
   /** The job's shell (bootstrap's parent): while it lives, the watcher counts as company for other jobs' watchers. */
   job?: JobProcess
   strict: boolean
@@ -53,6 +55,7 @@ export async function prepareSession(config: Config, paths: StatePaths, onProbe?
     exclude: config.exclude?.source,
     drainTimeout: config.drainTimeout,
     watchMaxAge: config.watchMaxAge,
+    pushJobs: config.pushJobs,
     strict: config.strict,
   }
   if (config.backend === 'attic') return prepareAttic(config, paths, common, onProbe)
@@ -60,7 +63,7 @@ export async function prepareSession(config: Config, paths: StatePaths, onProbe?
   return { ok: false, reason: 'no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL)' }
 }
 
-type Common = Pick<Session, 'include' | 'exclude' | 'drainTimeout' | 'watchMaxAge' | 'strict'>
+type Common = Pick<Session, 'include' | 'exclude' | 'drainTimeout' | 'watchMaxAge' | 'pushJobs' | 'strict'>
 
 async function readSecret(value: string | undefined, file: string | undefined, name: string): Promise<string | undefined> {
   if (value !== undefined) return value.trim()

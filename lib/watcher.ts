@@ -174,7 +174,7 @@ export class StoreWatcher {
         this.opts.debug?.(`skipped (${reason}): ${info.path}`)
       } else toPush.push(info.path)
     }
-    if (toPush.length > 0) await this.hand(toPush)
+    if (toPush.length > 0) await this.hand(toPush, new Map(infos.map((i) => [i.path, i.references])))
     this.opts.onChange?.()
   }
 
@@ -236,7 +236,7 @@ export class StoreWatcher {
     return undefined
   }
 
-  private async hand(paths: string[]): Promise<void> {
+  private async hand(paths: string[], references: ReadonlyMap<string, readonly string[]>): Promise<void> {
     if (!this.sink && this.opts.findSink) {
       this.backlog.push(...paths)
       this.counts.pending = this.backlog.length
@@ -249,7 +249,7 @@ export class StoreWatcher {
     if (!this.sink) return
     for (const p of paths) this.outstanding.add(p)
     this.counts.pending = this.outstanding.size
-    this.sink.add(paths)
+    this.sink.add(paths, references)
   }
 
   /** The sink reports each path once; dependencies it pushed on its own count too. */

@@ -20,8 +20,8 @@ export interface RequestInfo {
 
 export interface FaultProxy {
   url: string
-  /** Every request seen, in order, with the fault it got. */
-  log: Array<RequestInfo & { fault: Fault['kind'] }>
+  /** Every request seen, in order, with the fault it got, when it came and when its answer ended (ms, performance.now). */
+  log: Array<RequestInfo & { fault: Fault['kind']; start: number; end?: number }>
   stop(): Promise<void>
 }
 
@@ -37,7 +37,9 @@ export async function startFaultProxy(target: string, decide: (req: RequestInfo)
     seen.set(key, attempt + 1)
     const info = { method: req.method ?? 'GET', path: req.url ?? '/', attempt }
     const fault = decide(info)
-    log.push({ ...info, fault: fault.kind })
+    const entry: FaultProxy['log'][number] = { ...info, fault: fault.kind, start: performance.now() }
+    log.push(entry)
+    res.on('finish', () => (entry.end = performance.now()))
     switch (fault.kind) {
       case 'hang':
         req.resume() // read the upload, never answer

@@ -26,6 +26,20 @@ describe('parseConfig', () => {
     expect(config.atticServers).toEqual(['https://a.example/', 'http://b.example:8080', 'https://c.example'])
   })
 
+  it('push jobs: 1 for a file:// cache, 8 for a remote store URL, 2 for attic; GREEDY_PUSH_JOBS wins; a bad value is named', () => {
+    expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }).config.pushJobs).toBe(1)
+    expect(parseConfig({ GREEDY_CACHE_URL: 'https://cache.example.org' }).config.pushJobs).toBe(8)
+    expect(parseConfig({ GREEDY_CACHE_URL: 's3://bucket?region=eu-west-1' }).config.pushJobs).toBe(8)
+    expect(parseConfig({ ATTIC_SERVER: 'https://attic.example.org' }).config.pushJobs).toBe(2)
+    expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_PUSH_JOBS: '4' }).config.pushJobs).toBe(4)
+    expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'push-jobs': 3 }).config.pushJobs).toBe(3)
+    for (const bad of ['0', '65', 'many', '2.5']) {
+      expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_PUSH_JOBS: bad }).errors).toEqual([
+        `GREEDY_PUSH_JOBS: "${bad}" expected a whole number from 1 to 64`,
+      ])
+    }
+  })
+
   it('lets flags override the environment', () => {
     const { config } = parseConfig({ ATTIC_CACHE: 'env', GREEDY_DRAIN_TIMEOUT: '5' }, { 'attic-cache': 'flag', 'drain-timeout': '7', strict: true })
     expect(config).toMatchObject({ atticCache: 'flag', drainTimeout: 7, strict: true })
