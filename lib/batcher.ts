@@ -8,8 +8,8 @@ export const BATCH_MAX = 128
  * The least time between two rounds of process starts. Each process start costs a wide build of
  * tiny derivations ~50 ms of wall time on 2 cores (measured on a fan of 300: four pushes a second
  * made the build 1.7 × slower, one a second 1.1 ×; docs/BENCHMARKS.md), so a stream of paths goes
- * in batches: while each round finds more than one path waiting, the gap doubles up to
- * MAX_GAP_MS; a round of one path brings it back down.
+ * in batches: with one lane, while each round finds more than one path waiting, the gap doubles
+ * up to MAX_GAP_MS, and a round of one path brings it back down.
  */
 export const MIN_GAP_MS = 500
 export const MAX_GAP_MS = 2000
@@ -84,7 +84,9 @@ export class Batcher {
     if (batches.length === 0) return
     this.lastStart = performance.now()
     const taken = batches.reduce((n, b) => n + b.length, 0)
-    this.gap = taken > 1 ? Math.min(this.gap * 2, MAX_GAP_MS) : MIN_GAP_MS
+    // One lane (a local cache): spare the build's CPU. Several (a remote cache): its latency
+    // dominates, so rounds keep coming at the least gap and batches stay small.
+    this.gap = this.lanes === 1 && taken > 1 ? Math.min(this.gap * 2, MAX_GAP_MS) : MIN_GAP_MS
     for (const batch of batches) this.run(batch)
   }
 
