@@ -67,6 +67,8 @@ interface Job {
   outs(): string[]
   inCache(paths: string[]): number
   watcherPid(): number
+  /** Paths the watcher has pushed so far (its status file). */
+  pushed(): number
   done(): Promise<void>
 }
 
@@ -135,6 +137,7 @@ async function newJob(name: string, shape: Omit<FlakeShape, 'prefix'>, opts: Job
     },
     inCache: (paths) => paths.filter((p) => inFileCache(cacheDir, p)).length,
     watcherPid: () => Number(fs.readFileSync(path.join(state, 'watch.pid'), 'utf8').split('\n')[0]),
+    pushed: () => readJsonFile<{ counts: { pushed: number } }>(path.join(state, 'watch-status.json')).counts.pushed,
     done: async () => {
       open.delete(job)
       // a watcher left running would put every later job's watcher in attribution mode
@@ -334,8 +337,7 @@ async function scale(): Promise<Section> {
   const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024
   const drain = /cache up to date in ([\d.]+)s/.exec(b.out)?.[1]
   must(await j.greedy('push'), 'push')
-  const log = fs.readFileSync(path.join(j.state, 'watch.log'), 'utf8')
-  const copies = (log.match(/nix copy: \d+ path\(s\)/g) ?? []).length
+  const { copies } = watcherProcesses(j.state)
   const leaves = j.inCache(j.outs())
   await j.done()
   return {
@@ -377,8 +379,7 @@ async function wide(): Promise<Section> {
         times[variant]!.push((await timed(async () => must(await j.greedy('build'), 'build')))[1])
         leavesMissing += WIDE - j.inCache(j.outs())
         const p = watcherProcesses(j.state)
-        const pushed = readJsonFile<{ counts: { pushed: number } }>(path.join(j.state, 'watch-status.json')).counts.pushed
-        perPath.push((p.copies + p.checks + p.serves) / Math.max(1, pushed))
+        perPath.push((p.copies + p.checks + p.serves) / Math.max(1, j.pushed()))
         must(await j.greedy('push'), 'push')
       }
       await j.done()
@@ -417,7 +418,7 @@ async function remoteRun(shape: Omit<FlakeShape, 'prefix'>, variant: 'plain' | '
     seconds = (await timed(async () => must(await j.greedy('build'), 'build')))[1]
     const outs = j.outs()
     missing = outs.length - j.inCache(outs)
-    pushed = readJsonFile<{ counts: { pushed: number } }>(path.join(j.state, 'watch-status.json')).counts.pushed
+    pushed = j.pushed()
     must(await j.greedy('push'), 'push')
   }
   await j.done()
