@@ -155,12 +155,16 @@ export class ServeConnection {
     if (paths.length === 0) return []
     let timer: NodeJS.Timeout | undefined
     try {
-      const reader = await this.open()
-      this.child!.stdin.write(encode(CMD_QUERY_PATH_INFOS, paths))
+      // The bound covers the greeting too: a server stuck at start (a daemon that never answers)
+      // must not hold every later check of the watcher.
       const timeout = new Promise<never>((_, reject) => {
         timer = setTimeout(() => reject(new Error(`nix-store --serve did not answer in ${this.timeoutMs / 1000}s`)), this.timeoutMs)
       })
-      return await Promise.race([readPathInfos(reader), timeout])
+      const answer = this.open().then((reader) => {
+        this.child!.stdin.write(encode(CMD_QUERY_PATH_INFOS, paths))
+        return readPathInfos(reader)
+      })
+      return await Promise.race([answer, timeout])
     } catch (err) {
       this.close()
       throw err
