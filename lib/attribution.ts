@@ -26,6 +26,12 @@ export function recordRealised(file: string, ev: NixLogEvent): void {
   }
 }
 
+/** The paths this job's builds substituted, from the record (none when there is none). */
+export async function substitutedPaths(file: string): Promise<string[]> {
+  const text = await fs.readFile(file, 'utf8').catch(() => '')
+  return text.split('\n').filter((l) => l.startsWith('out ')).map((l) => l.slice(4))
+}
+
 /** The watcher's side: reads the record as it grows and attributes new paths to this job. */
 export class Attribution {
   private offset = 0

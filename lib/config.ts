@@ -5,6 +5,7 @@ import path from 'node:path'
 // zod/mini: the same parser as zod with a tree-shakable API, ~30× smaller in the bundles, which
 // keeps every command's start-up close to bare node's (docs/BENCHMARKS.md, startup).
 import * as z from 'zod/mini'
+import { parseSize } from './prune.js'
 
 /** Where store paths are pushed. */
 export type Backend =
@@ -52,6 +53,12 @@ export interface Config {
    * 2 for attic (each `attic push` already uploads 5 paths at once).
    */
   pushJobs: number
+  /**
+   * Bytes a `file://` cache may hold: after its final push a job evicts the least recently used
+   * paths beyond it. Unset: the cache only grows, and GitLab's `cache:` carries all of it into
+   * and out of every job.
+   */
+  cacheMaxSize?: number
   include?: RegExp
   exclude?: RegExp
   /**
@@ -76,6 +83,7 @@ export const VARIABLES = {
   GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
   GREEDY_WATCH_MAX_AGE: { flag: 'watch-max-age', doc: 'seconds after which a watcher ends itself (default: 2678400, 31 days, above GitLab\'s longest job timeout)' },
   GREEDY_PUSH_JOBS: { flag: 'push-jobs', doc: 'push processes at once (default: 1 for file://, 8 for other store URLs, 2 for attic)' },
+  GREEDY_CACHE_MAX_SIZE: { flag: 'max-size', doc: 'size budget of a file:// GREEDY_CACHE_URL (500M, 2G, 1.5GiB or bytes; K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000): push evicts the least recently used paths beyond it' },
   GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
   GREEDY_EXCLUDE: { flag: 'exclude', doc: 'do not push store paths matching this regular expression on their own (closures of other paths still carry them)' },
   GREEDY_STRICT: { flag: 'strict', doc: '1: cache problems fail the job (default: 0, they only warn)' },
@@ -152,6 +160,14 @@ const PARSERS = {
     trim(z.regex(/^([1-9]|[1-5]\d|6[0-4])$/, { error: 'expected a whole number from 1 to 64' })),
     z.transform(Number),
   ),
+  GREEDY_CACHE_MAX_SIZE: z.pipe(
+    trimmed,
+    z.transform((s: string, ctx) => {
+      const bytes = parseSize(s)
+      if (bytes === undefined) ctx.issues.push({ code: 'custom', input: s, message: 'expected a size such as 500M, 2G, 1.5GiB or a number of bytes' })
+      return bytes ?? z.NEVER
+    }),
+  ),
   GREEDY_INCLUDE: regex,
   GREEDY_EXCLUDE: regex,
   GREEDY_STRICT: z.pipe(
@@ -218,6 +234,7 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     drainTimeout: values.GREEDY_DRAIN_TIMEOUT ?? 120,
     watchMaxAge: values.GREEDY_WATCH_MAX_AGE ?? DEFAULT_WATCH_MAX_AGE,
     pushJobs: values.GREEDY_PUSH_JOBS ?? (backend === 'attic' ? 2 : values.GREEDY_CACHE_URL?.url.startsWith('file:') ? 1 : 8),
+    cacheMaxSize: values.GREEDY_CACHE_MAX_SIZE,
     include: values.GREEDY_INCLUDE,
     exclude: values.GREEDY_EXCLUDE,
     strict: values.GREEDY_STRICT ?? false,

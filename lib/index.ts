@@ -43,6 +43,20 @@ export { runWatcher, makeSink, type WatcherStatus } from './daemon.js'
 export { drainWatcher, startWatcher, stopWatcher, type DrainResult } from './control.js'
 export { configureSubstituter, loadSession, prepareSession, saveSession, type Prepared, type Session } from './session.js'
 export { finalPush, type FinalPush } from './final.js'
+export {
+  closureIn,
+  fileCacheDir,
+  formatBytes,
+  parseNarInfo,
+  parseSize,
+  planEviction,
+  prune,
+  pruneCache,
+  type CachedPath,
+  type EvictionPlan,
+  type PruneOptions,
+  type PruneReport,
+} from './prune.js'
 export { liveWatcherPid, statePaths, type StatePaths } from './state.js'
-export { hitRate, openMetrics, summaryLine, type BuildSummary, type PushCounts, type Summary } from './summary.js'
+export { hitRate, openMetrics, pruneLine, summaryLine, type BuildSummary, type PushCounts, type Summary } from './summary.js'
 export { run, type RunOptions, type RunResult } from './exec.js'

@@ -3,6 +3,7 @@
 import fs from 'node:fs/promises'
 import type { Backend } from './config.js'
 import type { BuildCounts } from './nixlog.js'
+import { formatBytes, type PruneReport } from './prune.js'
 import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
 
 export interface PushCounts {
@@ -27,6 +28,8 @@ export interface Summary {
   failures: Array<{ path: string; error: string }>
   /** Whether the watcher was still alive for after_script (it is not under the docker executor). */
   watcherAlive: boolean
+  /** A file:// cache's size after the job, and what pruning evicted (absent for other caches). */
+  prune?: PruneReport
 }
 
 /** Add one `build` run to <state>/build.json: a script may call build several times in a job. */
@@ -57,7 +60,14 @@ export function summaryLine(s: Summary): string {
     `${s.final.pushed} in the final push`,
     `${failed} failed`,
     `cache hit rate ${rate === undefined ? 'n/a' : `${Math.round(rate * 100)}%`} (${s.build.substituted} substituted, ${s.build.built} built)`,
+    ...(s.prune ? [pruneLine(s.prune)] : []),
   ].join(', ')
+}
+
+/** "cache 2.9 MiB of 3.0 MiB after evicting 2 path(s) (1.2 MiB)" */
+export function pruneLine(p: PruneReport): string {
+  const evicted = p.evictedPaths + p.orphans > 0 ? ` after evicting ${p.evictedPaths} path(s)${p.orphans ? ` and ${p.orphans} orphaned NAR(s)` : ''} (${formatBytes(p.evictedBytes)})` : ''
+  return `cache ${formatBytes(p.sizeAfter)}${p.maxSize === undefined ? '' : ` of ${formatBytes(p.maxSize)}`}${evicted}`
 }
 
 export function openMetrics(s: Summary): string {
@@ -72,6 +82,11 @@ export function openMetrics(s: Summary): string {
   metric('greedy_nix_substituted', 'Store paths substituted from a cache.', s.build.substituted)
   const rate = hitRate(s.build)
   if (rate !== undefined) metric('greedy_nix_cache_hit_ratio', 'Substituted / (built + substituted).', Number(rate.toFixed(4)))
+  if (s.prune) {
+    metric('greedy_nix_cache_bytes', 'Bytes of the file:// cache after the job.', s.prune.sizeAfter)
+    metric('greedy_nix_evicted_paths', 'Store paths evicted from the file:// cache to keep it within its budget.', s.prune.evictedPaths)
+    metric('greedy_nix_evicted_bytes', 'Bytes freed in the file:// cache by pruning.', s.prune.evictedBytes)
+  }
   lines.push('# EOF')
   return lines.join('\n') + '\n'
 }

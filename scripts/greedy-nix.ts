@@ -2,11 +2,12 @@
 // The `greedy-nix` command: one bin for the four phases.
 import { bootstrap } from './bootstrap.js'
 import { build } from './build.js'
+import { prune } from './prune.js'
 import { push } from './push.js'
 import { watch } from './watch.js'
 import { runAsEntry, VERSION } from '../lib/cli.js'
 
-const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { bootstrap, watch, build, push }
+const COMMANDS: Record<string, (argv: string[]) => Promise<number>> = { bootstrap, watch, build, push, prune }
 
 const USAGE = `Usage: greedy-nix <command> [options]
 
@@ -17,6 +18,7 @@ Commands (one per phase of a GitLab job):
   watch       the background watcher: start | drain | stop | status | run
   build       script: nix build, drain the watcher, exit with Nix's code
   push        after_script: stop the watcher, final push, summary
+  prune       keep a file:// cache within GREEDY_CACHE_MAX_SIZE (push does it too)
 
 greedy-nix <command> --help shows each command's options.`
 

@@ -9,6 +9,8 @@ import type { WatcherStatus } from '../lib/daemon.js'
 import { CLIENT_HINT } from '../lib/client.js'
 import { countFailures, finalPush, resultLinks } from '../lib/final.js'
 import { bold, info, section, warn } from '../lib/log.js'
+import { pruneAfterJob } from '../lib/prune.js'
+import { substitutedPaths } from '../lib/attribution.js'
 import { loadSession } from '../lib/session.js'
 import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
 import { openMetrics, summaryLine, type BuildSummary, type Summary } from '../lib/summary.js'
@@ -17,7 +19,9 @@ export const pushInfo: CommandInfo = {
   usage: 'greedy-nix push [path...] [options]',
   about: 'after_script: stop the watcher if it still runs, push the closures of the given paths (default: the\n' +
     './result* links), print one summary line, and write <state>/summary.json, <state>/metrics.txt and\n' +
-    '<state>/result-paths.txt (the store path of each ./result* link).',
+    '<state>/result-paths.txt (the store path of each ./result* link). With a file:// cache it records\n' +
+    'what this job pushed and substituted in the cache\'s index, and with GREEDY_CACHE_MAX_SIZE it evicts\n' +
+    'the least recently used paths beyond that budget (never the closures of the given paths).',
 }
 
 /**
@@ -27,7 +31,7 @@ export const pushInfo: CommandInfo = {
 const finalPushTimeoutMs = (drainTimeoutS: number) => Math.max(30, drainTimeoutS) * 1000
 
 export async function push(argv: string[]): Promise<number> {
-  const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir', 'drain-timeout'] })
+  const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir', 'drain-timeout', 'max-size'] })
   if (handledInfoFlags(flags, pushInfo)) return 0
   const { config, ok } = loadConfig(flags)
   const paths = statePaths(config.stateDir)
@@ -44,6 +48,9 @@ export async function push(argv: string[]): Promise<number> {
     ? await section('push', 'final push', () => finalPush(session, targets, status, finalPushTimeoutMs(config.drainTimeout), info))
     : { pushed: [], failed: [] }
 
+  const used = await substitutedPaths(paths.realised)
+  const pruned = await pruneAfterJob({ session, maxSize: config.cacheMaxSize, keep: targets, used, log: info, warn })
+
   const build = await readJson<BuildSummary>(paths.build)
   const failures = countFailures(status, final)
   const summary: Summary = {
@@ -58,6 +65,7 @@ export async function push(argv: string[]): Promise<number> {
     build: build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
     failures: failures.list.slice(0, 20),
     watcherAlive: alive,
+    prune: pruned.report,
   }
   for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
   if (session?.backend === 'attic' && !(status?.client ?? session.client)) warn(`no attic client in this job: nothing was pushed; ${CLIENT_HINT}`)
@@ -75,10 +83,11 @@ export async function push(argv: string[]): Promise<number> {
 
   const failed = summary.incremental.failed + summary.final.failed
   if (!ok) return 1
-  if (session && (failed > 0 || stopped.state === 'timeout')) {
-    return cacheProblem(config.strict, `${failed} path(s) failed to push${stopped.state === 'timeout' ? ', drain timed out' : ''}`)
-  }
-  return 0
+  const problems = [
+    ...(failed > 0 || stopped.state === 'timeout' ? [`${failed} path(s) failed to push${stopped.state === 'timeout' ? ', drain timed out' : ''}`] : []),
+    ...(pruned.problem ? [pruned.problem] : []),
+  ]
+  return session && problems.length > 0 ? cacheProblem(config.strict, problems.join('; ')) : 0
 }
 
 runAsEntry('push', push)

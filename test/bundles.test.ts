@@ -35,7 +35,7 @@ describe('bundles, alone in an empty folder', () => {
   })
 
   it('greedy-nix.mjs dispatches to every command and rejects an unknown one', async () => {
-    for (const name of COMMANDS) expect((await node(['greedy-nix.mjs', name, '--help'])).stdout).toContain(`Usage: greedy-nix ${name}`)
+    for (const name of [...COMMANDS, 'prune']) expect((await node(['greedy-nix.mjs', name, '--help'])).stdout).toContain(`Usage: greedy-nix ${name}`)
     const bad = await node(['greedy-nix.mjs', 'deploy'])
     expect(bad.code).toBe(2)
     expect(bad.stdout).toContain('Commands (one per phase')

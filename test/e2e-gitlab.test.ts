@@ -182,10 +182,10 @@ describe('the nix-build component under gitlab-ci-local', () => {
   it('inputs and variables compose: a cache set in top-level variables is used when no input names one; a given input wins, even over a CI/CD variable', async () => {
     const [secret, pub] = makeKeys(nixEnv(tmpDir('greedy-gitlab-keys-')), `gitlab-${uid()}`)
     const topLevel = 'variables:\n  GREEDY_CACHE_URL: file://$CI_PROJECT_DIR/.top-cache\n  GREEDY_DRAIN_TIMEOUT: "60"\n'
-    const cases: Array<{ name: string; inputs: Record<string, string>; cicd?: string; used: string; unused: string[]; drain: number }> = [
+    const cases: Array<{ name: string; inputs: Record<string, string>; cicd?: string; used: string; unused: string[]; drain: number; maxSize?: number }> = [
       { name: 'vars-top', inputs: {}, used: '.top-cache', unused: ['.input-cache'], drain: 60 },
       // Number-like inputs are strings (so that they can be left empty): given quoted.
-      { name: 'vars-input', inputs: { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache', 'drain-timeout': '"90"' }, used: '.input-cache', unused: ['.top-cache'], drain: 90 },
+      { name: 'vars-input', inputs: { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache', 'drain-timeout': '"90"', 'cache-max-size': '1.5G' }, used: '.input-cache', unused: ['.top-cache'], drain: 90, maxSize: 1.5 * 2 ** 30 },
       // A project CI/CD variable (gitlab-ci-local reads them from .gitlab-ci-local-variables.yml) outranks job variables.
       { name: 'vars-cicd', inputs: { 'cache-url': 'file://$CI_PROJECT_DIR/.input-cache' }, cicd: '.cicd-cache', used: '.input-cache', unused: ['.top-cache', '.cicd-cache'], drain: 60 },
     ]
@@ -200,6 +200,10 @@ describe('the nix-build component under gitlab-ci-local', () => {
       expect(links.map((p) => inFileCache(path.join(ex.project, c.used), p))).toEqual([true, true])
       for (const u of c.unused) expect(fs.existsSync(path.join(ex.project, u)), u).toBe(false)
       expect(readJsonFile<{ drainTimeout: number }>(path.join(ex.state, 'session.json')).drainTimeout).toBe(c.drain)
+      // The budget reaches after_script's push (a new shell): the summary names it, and the cache got its index.
+      const pruned = readJsonFile<Summary>(path.join(ex.state, 'summary.json')).prune
+      expect([pruned?.maxSize, pruned?.evictedPaths]).toEqual([c.maxSize, 0])
+      expect(fs.existsSync(path.join(ex.project, c.used, 'greedy-nix-index.json'))).toBe(true)
 
       // The result artifact's links point into /nix/store of the job's machine; result-paths.txt names what to
       // fetch from the cache elsewhere, with the README's command (nix-store needs no experimental feature).

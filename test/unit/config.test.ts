@@ -26,6 +26,25 @@ describe('parseConfig', () => {
     expect(config.atticServers).toEqual(['https://a.example/', 'http://b.example:8080', 'https://c.example'])
   })
 
+  it('GREEDY_CACHE_MAX_SIZE and --max-size: sizes as users write them; a bad value is named with what was expected', () => {
+    const size = (v: string) => parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_CACHE_MAX_SIZE: v })
+    expect(size('500M').config.cacheMaxSize).toBe(500 * 1024 ** 2)
+    expect(size('2G').config.cacheMaxSize).toBe(2 * 1024 ** 3)
+    expect(size('1.5GiB').config.cacheMaxSize).toBe(1.5 * 1024 ** 3)
+    expect(size('3 MiB').config.cacheMaxSize).toBe(3 * 1024 ** 2)
+    expect(size('2GB').config.cacheMaxSize).toBe(2e9)
+    expect(size('123456').config.cacheMaxSize).toBe(123456)
+    expect(size('64k').config.cacheMaxSize).toBe(65536)
+    expect(parseConfig({ GREEDY_CACHE_MAX_SIZE: '1G' }, { 'max-size': '10M' }).config.cacheMaxSize).toBe(10 * 1024 ** 2)
+    expect(parseConfig({}).config.cacheMaxSize).toBeUndefined()
+    for (const bad of ['lots', '0', '-1G', '2 P', '1.5.2G']) {
+      const r = size(bad)
+      expect(r.errors).toEqual([`GREEDY_CACHE_MAX_SIZE: "${bad}" expected a size such as 500M, 2G, 1.5GiB or a number of bytes`])
+      expect(r.config.backend).toBe('none')
+    }
+    expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'max-size': 'huge' }).errors).toEqual(['--max-size: "huge" expected a size such as 500M, 2G, 1.5GiB or a number of bytes'])
+  })
+
   it('push jobs: 1 for a file:// cache, 8 for a remote store URL, 2 for attic; GREEDY_PUSH_JOBS wins; a bad value is named', () => {
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }).config.pushJobs).toBe(1)
     expect(parseConfig({ GREEDY_CACHE_URL: 'https://cache.example.org' }).config.pushJobs).toBe(8)
