@@ -551,7 +551,74 @@ async function memory(): Promise<Section> {
   }
 }
 
-const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, wide, scale, memory, remote, startup }
+/**
+ * A file:// cache of `count` paths as Nix lays it out (narinfo per path, NAR under nar/), written
+ * directly: `nix copy` of 10,000 paths would take most of an hour here, and prune reads only files.
+ * Chains of 10 (each path references the one before); last uses spread over 30 days in the index.
+ */
+function syntheticCache(dir: string, count: number, narBytes: number): string[] {
+  fs.mkdirSync(path.join(dir, 'nar'), { recursive: true })
+  fs.writeFileSync(path.join(dir, 'nix-cache-info'), 'StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 50\n')
+  const names = Array.from({ length: count }, (_, i) => `${uid()}${uid()}${uid()}${uid()}`.slice(0, 32) + `-bench-prune-${i}`)
+  const used: Record<string, number> = {}
+  const now = Date.now()
+  names.forEach((name, i) => {
+    const hash = name.slice(0, 32)
+    const refs = i % 10 === 0 ? [name] : [name, names[i - 1]!]
+    const nar = `nar/${hash}.nar`
+    fs.writeFileSync(path.join(dir, nar), Buffer.alloc(narBytes, i % 251))
+    fs.writeFileSync(path.join(dir, `${hash}.narinfo`), [
+      `StorePath: /nix/store/${name}`, `URL: ${nar}`, 'Compression: none', `FileHash: sha256:${hash}`, `FileSize: ${narBytes}`,
+      `NarHash: sha256:${hash}`, `NarSize: ${narBytes}`, `References: ${refs.join(' ')}`, '',
+    ].join('\n'))
+    used[hash] = now - Math.floor(Math.random() * 30 * 86_400_000)
+  })
+  fs.writeFileSync(path.join(dir, 'greedy-nix-index.json'), JSON.stringify({ version: 1, used }))
+  return names
+}
+
+async function prune(): Promise<Section> {
+  const COUNT = 10_000
+  const NAR_BYTES = 4096
+  const template = tmpDir('greedy-bench-prune-')
+  const names = syntheticCache(path.join(template, 'cache'), COUNT, NAR_BYTES)
+  const size = Number(spawnSync('du', ['-sb', path.join(template, 'cache')], { encoding: 'utf8' }).stdout.split('\t')[0])
+  const budget = Math.floor(size / 2)
+  const over: number[] = []
+  const under: number[] = []
+  let evicted = 0
+  try {
+    for (let run = 0; run < RUNS; run++) {
+      const cache = path.join(template, `run-${run}`)
+      fs.cpSync(path.join(template, 'cache'), cache, { recursive: true })
+      // Written back first, as a cache restored at a job's start is by its end: deleting files that are
+      // on disk costs the filesystem's journal more than deleting ones still only in memory.
+      spawnSync('sync')
+      const env = { PATH: process.env.PATH, HOME: template, GREEDY_CACHE_URL: `file://${cache}` }
+      // What every push with a budget pays on a cache under it: the scan, and the index rewritten.
+      const [u, tu] = await timed(() => runCmd(process.execPath, [GREEDY, 'prune', '--max-size', String(size * 2)], { env, cwd: template }))
+      under.push(tu)
+      must(u, 'prune under budget')
+      // Over budget, keeping one job's result (a chain of 10) as push does.
+      const [o, to] = await timed(() => runCmd(process.execPath, [GREEDY, 'prune', '--max-size', String(budget), `/nix/store/${names[COUNT - 1]}`], { env, cwd: template }))
+      over.push(to)
+      evicted = Number(/evicting (\d+) path/.exec(must(o, 'prune').out)?.[1] ?? NaN)
+      fs.rmSync(cache, { recursive: true, force: true })
+    }
+  } finally {
+    fs.rmSync(template, { recursive: true, force: true })
+  }
+  return {
+    title: `8. Prune — \`greedy-nix prune\` of a file:// cache of ${COUNT.toLocaleString('en')} paths (${(size / 2 ** 20).toFixed(0)} MiB, written in Nix's layout by the benchmark), ${RUNS} runs`,
+    rows: [
+      [`over budget: down to ${(budget / 2 ** 20).toFixed(0)} MiB`, `${spread(over, 's')}, ${evicted} paths evicted`],
+      ['under budget: scan and index only (what each push with a budget pays)', spread(under, 's')],
+    ],
+    targets: [`Prune: ${COUNT.toLocaleString('en')} paths to half their size in ${median(over).toFixed(2)} s (no target set)`],
+  }
+}
+
+const SCENARIOS: Record<string, () => Promise<Section>> = { salvage, resume, timeToCache, overhead, wide, scale, memory, remote, startup, prune }
 
 async function main(): Promise<void> {
   const chosen = process.argv.slice(2).length ? process.argv.slice(2) : Object.keys(SCENARIOS)
@@ -570,6 +637,7 @@ async function main(): Promise<void> {
     process.stdout.write(`\n${render(s)}`)
   }
   if (chosen.length === Object.keys(SCENARIOS).length) writeReport(sections)
+  else if (process.env.BENCH_WRITE === '1') mergeReport(sections, chosen)
 }
 
 function render(s: Section): string {
@@ -605,6 +673,39 @@ function writeReport(sections: Section[]): void {
   if (from === -1 || to === -1) throw new Error(`${file} has lost its figures markers`)
   fs.writeFileSync(file, text.slice(0, from) + block + text.slice(to + END.length))
   process.stderr.write(`bench: figures written to ${path.relative(ROOT, file)}\n`)
+}
+
+/**
+ * `BENCH_WRITE=1 npm run bench <scenario…>`: replace (or add) just these sections and their target
+ * lines in docs/BENCHMARKS.md, each titled with its date and command; the rest keeps its run's date.
+ */
+function mergeReport(sections: Section[], chosen: string[]): void {
+  const file = path.join(ROOT, 'docs', 'BENCHMARKS.md')
+  let text = fs.readFileSync(file, 'utf8')
+  const end = text.indexOf(END)
+  if (text.indexOf(START) === -1 || end === -1) throw new Error(`${file} has lost its figures markers`)
+  const note = ` (figures of ${new Date().toISOString().slice(0, 10)}, \`BENCH_RUNS=${RUNS} BENCH_WRITE=1 npm run bench ${chosen.join(' ')}\`)`
+  for (const s of sections) {
+    const number = s.title.slice(0, s.title.indexOf(' ') + 1) // "8. "
+    const rendered = render({ ...s, title: s.title + note })
+    const from = text.indexOf(`### ${number}`, text.indexOf(START))
+    const to = from === -1 ? -1 : [text.indexOf('\n### ', from + 1), text.indexOf(END)].filter((i) => i !== -1).sort((a, b) => a - b)[0]! + 1
+    text = from === -1 ? text.replace(END, `${rendered}${END}`) : text.slice(0, from) + rendered + text.slice(to)
+    // Its target lines: those starting with the same word are replaced, new ones go last in the list.
+    for (const t of s.targets ?? []) {
+      const key = `- ${t.split(/[:,]/)[0]}`
+      const lines = text.split('\n')
+      const at = lines.findIndex((l) => l.startsWith(key))
+      const head = lines.indexOf('#### Targets')
+      let last = head
+      for (let i = head + 1; i < lines.length && !lines[i]!.startsWith('### '); i++) if (lines[i]!.startsWith('- ')) last = i
+      if (at !== -1) lines[at] = `- ${t}`
+      else lines.splice(last + 1, 0, `- ${t}`)
+      text = lines.join('\n')
+    }
+  }
+  fs.writeFileSync(file, text)
+  process.stderr.write(`bench: ${sections.length} section(s) written to ${path.relative(ROOT, file)}\n`)
 }
 
 main()

@@ -2,10 +2,17 @@
 // retention and garbage collection. GitLab's `cache:` moves the whole folder into and out of
 // every job, so a cache that only grows makes each job slower than the rebuilds it saves.
 //
-// The folder's layout is Nix's (local-binary-cache-store.cc, binary-cache-store.cc):
-// `<hash>.narinfo` names its NAR by `URL: nar/<filehash>.nar[.zst|.xz]`, and `<hash>.ls` is a
-// listing when `write-nar-listing` is on. A NAR is named by its content, so two narinfos may share one.
+// The folder's layout and how Nix writes it (NixOS/nix 2.8.0 and 2.24.15, src/libstore/):
+// - `<hash>.narinfo` names its NAR by `URL: nar/<filehash>.nar[.zst|.xz|…]`; `<hash>.ls` is a listing
+//   when `write-nar-listing` is on (binary-cache-store.cc, nar-info.cc). A NAR is named by its
+//   content, so two narinfos may share one, and an upload skips a NAR that exists already.
+// - An upload writes the NAR, then the narinfo, each through `<file>.tmp.<pid>.<n>` and a rename
+//   (local-binary-cache-store.cc, upsertFile): a NAR without a narinfo may be one in progress.
+// - `nix copy` and substituters take a path as present when its narinfo exists (BinaryCacheStore::
+//   isValidPathUncached): the narinfo goes first, then no one relies on the NAR; a path evicted
+//   this way is uploaded again whole by the next job that has it.
 import { randomBytes } from 'node:crypto'
+import { readdirSync, readFileSync, statSync, unlinkSync } from 'node:fs'
 import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -171,7 +178,7 @@ export interface PruneReport {
   evictedPaths: number
   /** Bytes freed, orphans included. */
   evictedBytes: number
-  /** NARs no narinfo named, left by an upload that stopped halfway, removed. */
+  /** Leftovers of uploads that stopped halfway, removed: NARs no narinfo names, temporary files. */
   orphans: number
   /** Paths protected as this job's result closures. */
   kept: number
@@ -179,7 +186,10 @@ export interface PruneReport {
   ranking: 'index' | 'mtime'
 }
 
-/** A NAR no narinfo names may be an upload in progress (Nix writes the NAR, then the narinfo): left alone this long. */
+/**
+ * A NAR no narinfo names may be an upload in progress (Nix writes the NAR, then the narinfo), and a
+ * temporary file one being written: left alone this long.
+ */
 const ORPHAN_GRACE_MS = 60 * 60_000
 
 /**
@@ -190,25 +200,26 @@ export async function prune(opts: PruneOptions): Promise<PruneReport> {
   const now = opts.now ?? Date.now()
   const release = await acquireLock(path.join(opts.dir, LOCK_FILE), opts.lockTimeoutMs ?? 60_000, opts.log)
   try {
-    const scan = await scanCache(opts.dir)
+    const scan = scanCache(opts.dir)
     const index = await readIndex(path.join(opts.dir, INDEX_FILE))
-    if (!index.ok && scan.paths.size > 0) opts.warn(`${index.problem}: ranking the cache's paths by modification time`)
     for (const p of scan.paths.values()) p.lastUsed = index.used.get(p.hash) ?? p.lastUsed
     const keep = closureIn(scan.paths, opts.keep.map(hashOf))
     for (const h of [...keep, ...closureIn(scan.paths, opts.used.map(hashOf))]) scan.paths.get(h)!.lastUsed = now
 
     const report: PruneReport = { maxSize: opts.maxSize, sizeBefore: scan.total, sizeAfter: scan.total, evictedPaths: 0, evictedBytes: 0, orphans: 0, kept: keep.size, ranking: index.ok ? 'index' : 'mtime' }
     if (opts.maxSize !== undefined && scan.total > opts.maxSize) {
+      // Without the index a ranking by file times is a guess (a cache restored from an archive may carry new ones).
+      if (!index.ok) opts.warn(`${index.problem}: ranking the cache's paths by modification time`)
       // Leftovers of interrupted uploads go first: they serve no one.
-      for (const nar of scan.orphanNars) {
-        if (now - nar.mtime < ORPHAN_GRACE_MS) continue
-        if (await removeFile(path.join(opts.dir, nar.name))) {
+      for (const f of scan.leftovers) {
+        if (now - f.mtime < ORPHAN_GRACE_MS) continue
+        if (removeFile(path.join(opts.dir, f.name))) {
           report.orphans++
-          report.sizeAfter -= nar.bytes
+          report.sizeAfter -= f.bytes
         }
       }
-      // A narinfo whose NAR is gone cannot be substituted (Nix then fails the build unless --fallback),
-      // and neither can what references it: they go whatever the budget.
+      // A narinfo whose NAR is gone cannot be substituted, and Nix then fails the build rather than
+      // building it unless --fallback (derivation-goal.cc); nor can what references it: they all go.
       const broken = referrersClosure(scan.paths, scan.broken)
       const plans = [
         () => planEviction(new Map([...scan.paths].filter(([h]) => broken.has(h))), scan.narBytes, Infinity, 0, keep),
@@ -216,7 +227,7 @@ export async function prune(opts: PruneOptions): Promise<PruneReport> {
       ]
       for (const make of plans) {
         const plan = make()
-        await evict(opts.dir, plan, scan.paths)
+        evict(opts.dir, plan, scan)
         report.evictedPaths += plan.victims.length
         report.sizeAfter -= plan.freed
       }
@@ -233,13 +244,16 @@ export async function prune(opts: PruneOptions): Promise<PruneReport> {
   }
 }
 
-/** Carry out a plan in its order, each narinfo before its NAR: from that moment no reader asks for the NAR. */
-async function evict(dir: string, plan: EvictionPlan, paths: Map<string, CachedPath>): Promise<void> {
+/**
+ * Carry out a plan in its order, each narinfo before its NAR: from that moment no reader asks for
+ * the NAR. Synchronous for the reason scanCache is.
+ */
+function evict(dir: string, plan: EvictionPlan, scan: Scan): void {
   for (const { hash, nar } of plan.victims) {
-    await removeFile(path.join(dir, `${hash}.narinfo`))
-    await removeFile(path.join(dir, `${hash}.ls`))
-    if (nar) await removeFile(path.join(dir, nar))
-    paths.delete(hash)
+    removeFile(path.join(dir, `${hash}.narinfo`))
+    if (scan.listings.has(hash)) removeFile(path.join(dir, `${hash}.ls`))
+    if (nar) removeFile(path.join(dir, nar))
+    scan.paths.delete(hash)
   }
 }
 
@@ -277,57 +291,63 @@ interface Scan {
   broken: string[]
   /** Bytes of the index as found (it is rewritten). */
   indexBytes: number
+  /** Hashes with a `.ls` listing (write-nar-listing). */
+  listings: Set<string>
   narBytes: Map<string, number>
-  orphanNars: Array<{ name: string; bytes: number; mtime: number }>
+  /** NARs no narinfo names, and temporary files (Nix's `<file>.tmp.<pid>.<n>`, our index's `….tmp`). */
+  leftovers: Array<{ name: string; bytes: number; mtime: number }>
   total: number
 }
 
-/** Every narinfo, every NAR, and the bytes of every file in the folder (what GitLab archives). */
-async function scanCache(dir: string): Promise<Scan> {
-  const files = await listFiles(dir)
+/**
+ * Every narinfo, every NAR, and the bytes of every file in the folder (what GitLab archives).
+ * Synchronous on purpose: tens of thousands of small stats and reads, nothing else to do meanwhile,
+ * and each async call would cost a round trip through libuv's thread pool (10,000 paths: 2 s → a fraction).
+ */
+function scanCache(dir: string): Scan {
+  const files = listFiles(dir)
   const bytesOf = new Map(files.map((f) => [f.name, f]))
   const paths = new Map<string, CachedPath>()
-  const narinfos = files.filter((f) => /^[0-9a-z]{32}\.narinfo$/.test(f.name))
-  // A few reads at a time: 10,000 narinfos are read in well under a second.
-  for (let i = 0; i < narinfos.length; i += 64) {
-    await Promise.all(narinfos.slice(i, i + 64).map(async (f) => {
-      let text: string
-      try {
-        text = await fs.readFile(path.join(dir, f.name), 'utf8')
-      } catch {
-        return // evicted meanwhile by a prune without our lock (an older release): nothing to rank
-      }
-      const hash = f.name.slice(0, 32)
-      const info = parseNarInfo(text)
-      paths.set(hash, {
-        hash,
-        references: info.references.map(hashOf).filter((r) => r !== hash),
-        nar: info.url,
-        bytes: f.bytes + (bytesOf.get(`${hash}.ls`)?.bytes ?? 0),
-        lastUsed: f.mtime,
-      })
-    }))
+  for (const f of files) {
+    if (!/^[0-9a-z]{32}\.narinfo$/.test(f.name)) continue
+    let text: string
+    try {
+      text = readFileSync(path.join(dir, f.name), 'utf8')
+    } catch {
+      continue // gone meanwhile: nothing to rank
+    }
+    const hash = f.name.slice(0, 32)
+    const info = parseNarInfo(text)
+    paths.set(hash, {
+      hash,
+      references: info.references.map(hashOf).filter((r) => r !== hash),
+      nar: info.url,
+      bytes: f.bytes + (bytesOf.get(`${hash}.ls`)?.bytes ?? 0),
+      lastUsed: f.mtime,
+    })
   }
   const named = new Set([...paths.values()].map((p) => p.nar))
-  const nars = files.filter((f) => f.name.startsWith('nar/') && !f.name.includes('.tmp'))
+  const temporary = (name: string) => /\.tmp\.\d+\.\d+$/.test(name) || (name.startsWith(`${INDEX_FILE}.`) && name.endsWith('.tmp'))
+  const nars = files.filter((f) => f.name.startsWith('nar/') && !temporary(f.name))
   return {
     paths,
     broken: [...paths.values()].filter((p) => p.nar !== undefined && !bytesOf.has(p.nar)).map((p) => p.hash),
     narBytes: new Map(nars.map((f) => [f.name, f.bytes])),
-    orphanNars: nars.filter((f) => !named.has(f.name)),
+    leftovers: [...nars.filter((f) => !named.has(f.name)), ...files.filter((f) => temporary(f.name))],
     indexBytes: bytesOf.get(INDEX_FILE)?.bytes ?? 0,
+    listings: new Set(files.filter((f) => f.name.endsWith('.ls')).map((f) => f.name.slice(0, 32))),
     // Our own lock is gone when the job ends: not counted.
     total: files.reduce((sum, f) => sum + (f.name === LOCK_FILE ? 0 : f.bytes), 0),
   }
 }
 
-async function listFiles(dir: string, prefix = ''): Promise<Array<{ name: string; bytes: number; mtime: number }>> {
+function listFiles(dir: string, prefix = ''): Array<{ name: string; bytes: number; mtime: number }> {
   const out: Array<{ name: string; bytes: number; mtime: number }> = []
-  for (const e of await fs.readdir(path.join(dir, prefix), { withFileTypes: true })) {
+  for (const e of readdirSync(path.join(dir, prefix), { withFileTypes: true })) {
     const name = prefix ? `${prefix}/${e.name}` : e.name
-    if (e.isDirectory()) out.push(...(await listFiles(dir, name)))
+    if (e.isDirectory()) out.push(...listFiles(dir, name))
     else if (e.isFile()) {
-      const st = await fs.stat(path.join(dir, name)).catch(() => undefined)
+      const st = statSync(path.join(dir, name), { throwIfNoEntry: false })
       if (st) out.push({ name, bytes: st.size, mtime: st.mtimeMs })
     }
   }
@@ -339,9 +359,9 @@ function keptBytes(scan: Scan, keep: ReadonlySet<string>): number {
   return [...keep].reduce((s, h) => s + (scan.paths.get(h)?.bytes ?? 0), 0) + [...nars].reduce((s, n) => s + (scan.narBytes.get(n) ?? 0), 0)
 }
 
-async function removeFile(file: string): Promise<boolean> {
+function removeFile(file: string): boolean {
   try {
-    await fs.unlink(file)
+    unlinkSync(file)
     return true
   } catch (err) {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return false

@@ -103,9 +103,9 @@ describe('prune on a folder', () => {
     const dir = tmpDir()
     writeCache(dir, [{ c: 'a', mtime: 1000 }, { c: 'b', mtime: 2000 }, { c: 'c', mtime: 3000 }])
     const warnings: string[] = []
-    // No index yet: a warning, file times. a was substituted by this job: used now.
+    // No index yet, and no budget: nothing ranked, so no warning; the index starts from file times. a was substituted by this job: used now.
     const first = await prune({ dir, keep: [], used: [`/nix/store/${h('a')}-a`], log: () => undefined, warn: (m) => warnings.push(m), now: 10_000 })
-    expect(warnings).toEqual([expect.stringContaining('has no index of last uses')])
+    expect(warnings).toEqual([])
     expect(first).toMatchObject({ ranking: 'mtime', evictedPaths: 0 })
     const index = JSON.parse(fs.readFileSync(path.join(dir, INDEX_FILE), 'utf8'))
     expect(index).toEqual({ version: 1, used: { [h('a')]: 10_000, [h('b')]: 2000, [h('c')]: 3000 } })
@@ -120,7 +120,14 @@ describe('prune on a folder', () => {
     expect(fs.existsSync(path.join(dir, LOCK_FILE))).toBe(false)
   })
 
-  it('an unreadable index: a warning, and ranking by modification time', async () => {
+  it('no index, or an unreadable one: a warning when it comes to ranking, which then follows modification times', async () => {
+    const fresh = tmpDir()
+    writeCache(fresh, [{ c: 'a', mtime: 3000 }, { c: 'b', mtime: 1000 }])
+    const said: string[] = []
+    await prune({ dir: fresh, maxSize: 1500, keep: [], used: [], log: () => undefined, warn: (m) => said.push(m), now: 5000 })
+    expect(said).toEqual([expect.stringMatching(/the cache has no index of last uses \(greedy-nix-index.json\) yet: ranking the cache's paths by modification time/)])
+    expect(present(fresh)).toBe('a')
+
     const dir = tmpDir()
     writeCache(dir, [{ c: 'a', mtime: 3000 }, { c: 'b', mtime: 1000 }, { c: 'c', mtime: 2000 }])
     fs.writeFileSync(path.join(dir, INDEX_FILE), '{"version":1,"used":{')
@@ -146,10 +153,14 @@ describe('prune on a folder', () => {
     fs.writeFileSync(path.join(dir, 'nar', 'orphan.nar'), Buffer.alloc(5000))
     fs.utimesSync(path.join(dir, 'nar', 'orphan.nar'), 1, 1)
     fs.writeFileSync(path.join(dir, 'nar', 'uploading.nar'), Buffer.alloc(5000)) // just written: maybe its narinfo is next
-    const r = await prune({ dir, maxSize: 7000, keep: [], used: [], ...quiet, now: Date.now() })
-    expect(r.orphans).toBe(1)
+    // Nix's temporary files (upsertFile: `<file>.tmp.<pid>.<n>`): one a killed upload left long ago, one being written.
+    fs.writeFileSync(path.join(dir, 'nar', 'killed.nar.zst.tmp.4242.1'), Buffer.alloc(300))
+    fs.utimesSync(path.join(dir, 'nar', 'killed.nar.zst.tmp.4242.1'), 1, 1)
+    fs.writeFileSync(path.join(dir, 'nar', 'live.nar.zst.tmp.4243.1'), Buffer.alloc(300))
+    const r = await prune({ dir, maxSize: 7600, keep: [], used: [], ...quiet, now: Date.now() })
+    expect(r.orphans).toBe(2)
     expect(present(dir)).toBe('c')
-    expect(fs.readdirSync(path.join(dir, 'nar')).sort()).toEqual(['c.nar', 'uploading.nar'])
+    expect(fs.readdirSync(path.join(dir, 'nar')).sort()).toEqual(['c.nar', 'live.nar.zst.tmp.4243.1', 'uploading.nar'])
   })
 
   it('takes over a lock left by a process that is gone, and waits for a live one', async () => {
