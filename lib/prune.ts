@@ -264,7 +264,7 @@ function evict(dir: string, plan: EvictionPlan, scan: Scan): void {
 export async function pruneAfterJob(opts: Omit<PruneOptions, 'dir'> & { session?: Pick<Session, 'backend' | 'nix'> }): Promise<{ report?: PruneReport; problem?: string }> {
   const dir = opts.session?.nix && fileCacheDir(opts.session.nix.url)
   if (!dir) {
-    if (opts.maxSize !== undefined) opts.log(`GREEDY_CACHE_MAX_SIZE applies to file:// caches only${opts.session?.backend === 'attic' ? ': attic keeps its caches small on the server (retention period, garbage collection)' : ''}`)
+    if (opts.maxSize !== undefined && opts.session) opts.log(`GREEDY_CACHE_MAX_SIZE applies to file:// caches only${opts.session?.backend === 'attic' ? ': attic keeps its caches small on the server (retention period, garbage collection)' : ''}`)
     return {}
   }
   if (opts.maxSize !== undefined) opts.log(`keeping ${dir} within ${formatBytes(opts.maxSize)}`)
