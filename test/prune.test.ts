@@ -41,14 +41,19 @@ function setup(name: string) {
   const cache = path.join(dir, 'binary-cache')
   const [secret, pub] = makeKeys(nixEnv(dir), `test-${uid()}`)
   const prefix = `${name}-${uid()}`
-  /** Pipeline n: `app-n` references a blob of its own and one small path every pipeline shares. */
-  const pipeline = (n: number, extra: NodeJS.ProcessEnv = {}) => {
+  /**
+   * Pipeline n: `app-n` references a blob of its own and one small path every pipeline shares.
+   * With `uses`, app-n only reads pipeline `uses`'s blob while it builds (a build input, not a reference).
+   */
+  const pipeline = (n: number, extra: NodeJS.ProcessEnv = {}, uses?: number) => {
     const project = path.join(dir, `p${n}`)
     fs.mkdirSync(project, { recursive: true })
     writeShFlake(project, [
       `    shared = mk "${prefix}-shared" "echo shared > $out";`,
-      `    blob = mk "${prefix}-blob-${n}" "head -c ${BLOB_BYTES} /dev/urandom > $out";`,
-      `    app = mk "${prefix}-app-${n}" "echo \${shared} \${blob} > $out";`,
+      `    blob = mk "${prefix}-blob-${uses ?? n}" "head -c ${BLOB_BYTES} /dev/urandom > $out";`,
+      uses === undefined
+        ? `    app = mk "${prefix}-app-${n}" "echo \${shared} \${blob} > $out";`
+        : `    app = mk "${prefix}-app-${n}" "wc -c < \${blob} > $out";`,
     ], 'default = app; shared = shared; blob = blob;')
     const env = nixEnv(path.join(dir, `p${n}-home`), { GREEDY_CACHE_URL: `file://${cache}`, GREEDY_SIGNING_KEY: secret, CI_PROJECT_DIR: project, ...extra })
     return { project, env, state: path.join(project, '.greedy-nix'), paths: () => packagePaths(env, project) }
@@ -66,7 +71,7 @@ async function runPipeline(p: ReturnType<ReturnType<typeof setup>['pipeline']>, 
 }
 
 describe('GREEDY_CACHE_MAX_SIZE: a file:// cache pruned to its budget', () => {
-  it('five pipelines of 1.2 MiB each with a 3 MiB budget: never over it, always consistent; a fresh pipeline substitutes the last result whole', async () => {
+  it('five pipelines of 1.2 MiB each with a 3 MiB budget: never over it, always consistent; a build input substituted counts as used; a fresh pipeline substitutes the last result whole', async () => {
     const t = setup('prune')
     let last: Record<string, string> = {}
     for (let n = 1; n <= 5; n++) {
@@ -90,9 +95,21 @@ describe('GREEDY_CACHE_MAX_SIZE: a file:// cache pruned to its budget', () => {
       expect(fs.readFileSync(path.join(p.state, 'metrics.txt'), 'utf8')).toMatch(/^greedy_nix_cache_bytes \d+$/m)
     }
 
+    // Pipeline 6 substitutes pipeline 5's blob only to read it while building: "used" all the same, so the
+    // index says so (a build input the next pipeline needs again must not look old).
+    fs.rmSync(path.join(t.dir, 'p5', 'result'))
+    deleteFromStore(nixEnv(t.dir), [last.default!, last.blob!])
+    const before = Date.now()
+    const p6 = t.pipeline(6, { GREEDY_CACHE_MAX_SIZE: '3M' }, 5)
+    const { summary: s6 } = await runPipeline(p6)
+    expect(s6.build).toMatchObject({ substituted: 1, built: 1 })
+    const index = readJsonFile<{ used: Record<string, number> }>(path.join(t.cache, 'greedy-nix-index.json'))
+    expect(index.used[path.basename(last.blob!).slice(0, 32)]).toBeGreaterThanOrEqual(before)
+    expect(index.used[path.basename(last.shared!).slice(0, 32)]).toBeLessThan(before) // not used by pipeline 6
+
     // A fresh runner: nothing of it in the store. It builds nothing (--max-jobs 0): all substituted.
-    for (let n = 1; n <= 5; n++) fs.rmSync(path.join(t.dir, `p${n}`, 'result'), { force: true })
-    const everything = [1, 2, 3, 4, 5].flatMap((n) => Object.values(t.pipeline(n).paths()))
+    for (let n = 1; n <= 6; n++) fs.rmSync(path.join(t.dir, `p${n}`, 'result'), { force: true })
+    const everything = [1, 2, 3, 4, 5].flatMap((n) => Object.values(t.pipeline(n).paths())).concat(p6.paths().default!)
     deleteFromStore(nixEnv(t.dir), [...new Set(everything)])
     const fresh = t.pipeline(5)
     fs.rmSync(path.join(fresh.project, 'result'), { force: true })
