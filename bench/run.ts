@@ -352,6 +352,7 @@ async function scale(): Promise<Section> {
     targets: [
       `Scale: ${leaves} of ${SCALE} leaves in the cache — ${leaves === SCALE ? 'met' : `missed: ${SCALE - leaves} missing`}`,
       `Scale: watcher peak RSS ${hwm.toFixed(1)} MiB (≤ 64) — ${verdict(hwm, 64)}`,
+      `Scale: drain at the end of build ${drain ?? '?'} s (≤ 2) — ${drain === undefined ? 'not measured: the drain did not finish' : verdict(Number(drain), 2)}`,
     ],
   }
 }
@@ -445,7 +446,7 @@ async function remote(): Promise<Section> {
     // Leaves not in the cache when `build` returned: its drain gives up after GREEDY_DRAIN_TIMEOUT (120 s) by design.
     const late = missing === 0 ? 'every leaf in the cache when build returned' : `${missing} leaves missing when build returned (over all runs)`
     rows.push([`${what}: plain nix build, the cache as substituter`, spread(plain, 's', 1)])
-    rows.push([`${what}: greedy-nix build (pushed / build time: ${median(rate).toFixed(0)} paths/s)`, `${spread(greedy, 's', 1)}, ${ratio.toFixed(2)} × plain (target ≤ ${limit}); ${late}`])
+    rows.push([`${what}: greedy-nix build (pushed / build time: ${median(rate).toFixed(0)} paths/s)`, `${spread(greedy, 's', 1)}, ${ratio.toFixed(2)} × plain${limit < Infinity ? ` (target ≤ ${limit})` : ''}; ${late}`])
     if (limit < Infinity) {
       targets.push(`Remote cache, ${what}: ${ratio.toFixed(2)} × plain nix build (≤ ${limit}) — ${verdict(ratio, limit)}`)
       targets.push(`Remote cache, ${what}: ${missing} leaves missing from the cache when build returned — ${missing === 0 ? 'met' : 'missed'}`)
@@ -694,7 +695,8 @@ function mergeReport(sections: Section[], chosen: string[]): void {
     const rendered = render({ ...s, title: s.title + note })
     const from = text.indexOf(`### ${number}`, text.indexOf(START))
     const to = from === -1 ? -1 : [text.indexOf('\n### ', from + 1), text.indexOf(END)].filter((i) => i !== -1).sort((a, b) => a - b)[0]! + 1
-    text = from === -1 ? text.replace(END, `${rendered}${END}`) : text.slice(0, from) + rendered + text.slice(to)
+    // Sections are separated by a blank line, as a full run writes them.
+    text = from === -1 ? text.replace(END, `${rendered}\n${END}`) : text.slice(0, from) + `${rendered}\n` + text.slice(to)
     // Its target lines replace every line of the same group ("Remote cache", "Prune"): in place, or last in the list.
     const group = (line: string) => line.slice(2).split(/[:,]/)[0]
     const groups = new Set((s.targets ?? []).map((t) => group(`- ${t}`)))

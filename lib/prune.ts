@@ -165,7 +165,10 @@ export interface PruneOptions {
   used: readonly string[]
   log: (msg: string) => void
   warn: (msg: string) => void
-  /** How long to wait for another job's lock. */
+  /**
+   * How long to wait for another job's lock (default 30 s: a prune of 10,000 paths takes seconds, and
+   * push's drain and final push already use most of after_script's 5 minutes).
+   */
   lockTimeoutMs?: number
   now?: number
 }
@@ -198,7 +201,7 @@ const ORPHAN_GRACE_MS = 60 * 60_000
  */
 export async function prune(opts: PruneOptions): Promise<PruneReport> {
   const now = opts.now ?? Date.now()
-  const release = await acquireLock(path.join(opts.dir, LOCK_FILE), opts.lockTimeoutMs ?? 60_000, opts.log)
+  const release = await acquireLock(path.join(opts.dir, LOCK_FILE), opts.lockTimeoutMs ?? 30_000, opts.log)
   try {
     const scan = scanCache(opts.dir)
     const index = await readIndex(path.join(opts.dir, INDEX_FILE))
@@ -422,8 +425,12 @@ async function acquireLock(file: string, timeoutMs: number, log: (msg: string) =
   let said = false
   for (;;) {
     try {
-      await fs.writeFile(file, JSON.stringify(me) + '\n', { flag: 'wx' })
-      return () => fs.rm(file, { force: true })
+      const mine = JSON.stringify(me) + '\n'
+      await fs.writeFile(file, mine, { flag: 'wx' })
+      // Released only while still ours: a job that judged it stale may hold it now.
+      return async () => {
+        if ((await fs.readFile(file, 'utf8').catch(() => '')) === mine) await fs.rm(file, { force: true })
+      }
     } catch (err) {
       if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
     }
