@@ -14,6 +14,8 @@ export interface FlakeShape {
   bytes?: number
   /** 1-based position of a derivation that fails (at once, without sleeping). */
   failAt?: number
+  /** A fan only: also `part1`, `part2`, … each the top of this many consecutive leaves. */
+  partSize?: number
 }
 
 export function writeBenchFlake(dir: string, shape: FlakeShape): void {
@@ -34,10 +36,14 @@ export function writeBenchFlake(dir: string, shape: FlakeShape): void {
     lines.push(`    d${i} = mk "${shape.prefix}-${i}" "${body(i, dep)}";`)
   }
   // The fan's top lists its leaves in a file (passAsFile): thousands of store paths overflow one argument.
-  const top = shape.kind === 'chain'
-    ? `d${shape.count}`
-    : `derivation { name = "${shape.prefix}-top"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; ` +
-      `leaves = [ ${Array.from({ length: shape.count }, (_, i) => `d${i + 1}`).join(' ')} ]; passAsFile = [ "leaves" ]; ` +
-      `args = [ "-c" "mkdir $out; cat $leavesPath > $out/all" ]; }`
-  writeShFlake(dir, lines, `default = ${top}; ${Array.from({ length: shape.count }, (_, i) => `d${i + 1} = d${i + 1};`).join(' ')}`)
+  const topOf = (name: string, from: number, to: number) =>
+    `derivation { name = "${shape.prefix}-${name}"; inherit system; builder = "/bin/sh"; PATH = "/usr/bin:/bin"; ` +
+    `leaves = [ ${Array.from({ length: to - from + 1 }, (_, i) => `d${from + i}`).join(' ')} ]; passAsFile = [ "leaves" ]; ` +
+    `args = [ "-c" "mkdir $out; cat $leavesPath > $out/all" ]; }`
+  const top = shape.kind === 'chain' ? `d${shape.count}` : topOf('top', 1, shape.count)
+  const parts: string[] = []
+  for (let from = 1, n = 1; shape.kind === 'fan' && shape.partSize && from <= shape.count; from += shape.partSize, n++) {
+    parts.push(`part${n} = ${topOf(`part${n}`, from, Math.min(shape.count, from + shape.partSize - 1))};`)
+  }
+  writeShFlake(dir, lines, `default = ${top}; ${parts.join(' ')} ${Array.from({ length: shape.count }, (_, i) => `d${i + 1} = d${i + 1};`).join(' ')}`)
 }

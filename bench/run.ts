@@ -328,31 +328,45 @@ async function overhead(): Promise<Section> {
   }
 }
 
+/**
+ * Nix's own scheduling grows faster than linearly with the goals of one `nix build` (a fan of 10,000
+ * in one: 773 built in 14 min on Nix 2.8, 192 in 5 min on 2.24): above this, the job builds the fan
+ * in parts of this many leaves, one `greedy-nix build` each, then the top, as a job of several steps does.
+ */
+const SCALE_PART = 1000
+
 async function scale(): Promise<Section> {
-  const j = await newJob('scale', { kind: 'fan', count: SCALE })
+  const parts = SCALE > 2000 ? Math.ceil(SCALE / SCALE_PART) : 0
+  const j = await newJob('scale', { kind: 'fan', count: SCALE, partSize: parts ? SCALE_PART : undefined })
   must(await j.greedy('bootstrap'), 'bootstrap')
   const pid = j.watcherPid()
-  const [b, tb] = await timed(() => j.greedy('build'))
-  must(b, 'build')
+  const drains: number[] = []
+  const drainOf = (r: Ran) => drains.push(Number(/cache up to date in ([\d.]+)s/.exec(r.out)?.[1] ?? NaN))
+  const [b, tb] = await timed(async () => {
+    for (let n = 1; n <= parts; n++) drainOf(must(await j.greedy('build', `.#part${n}`, '--', '--out-link', `result-part${n}`), `build of part ${n}`))
+    return j.greedy('build')
+  })
+  drainOf(must(b, 'build'))
   const hwm = Number(/VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1]) / 1024
-  const drain = /cache up to date in ([\d.]+)s/.exec(b.out)?.[1]
+  // The longest drain of the job's builds: what a step waits for the cache at its end.
+  const drain = drains.some(Number.isNaN) ? undefined : Math.max(...drains).toFixed(1)
   must(await j.greedy('push'), 'push')
   const { copies } = watcherProcesses(j.state)
   const leaves = j.inCache(j.outs())
   await j.done()
   return {
-    title: `5. Scale — a fan of ${SCALE} small new paths (and their top) in one job, file://, one run`,
+    title: `5. Scale — a fan of ${SCALE} small new paths (and their top) in one job${parts ? `, built in ${parts} steps of ${SCALE_PART} (one \`greedy-nix build\` each) and the top` : ''}, file://, one run`,
     rows: [
       [`leaves in the cache after the job (of ${SCALE})`, String(leaves)],
       ['nix copy processes the watcher started', String(copies)],
       ['watcher peak RSS (target ≤ 64 MiB)', `${hwm.toFixed(1)} MiB`],
-      ['drain at the end of build', `${drain ?? '?'} s`],
-      ['build step wall time', `${tb.toFixed(1)} s`],
+      [`drain at the end of ${parts ? `each build (longest of ${drains.length})` : 'build'}`, `${drain ?? '?'} s`],
+      [`build step${parts ? 's\'' : ''} wall time`, `${tb.toFixed(1)} s`],
     ],
     targets: [
       `Scale: ${leaves} of ${SCALE} leaves in the cache — ${leaves === SCALE ? 'met' : `missed: ${SCALE - leaves} missing`}`,
       `Scale: watcher peak RSS ${hwm.toFixed(1)} MiB (≤ 64) — ${verdict(hwm, 64)}`,
-      `Scale: drain at the end of build ${drain ?? '?'} s (≤ 2) — ${drain === undefined ? 'not measured: the drain did not finish' : verdict(Number(drain), 2)}`,
+      `Scale: longest drain at the end of a build ${drain ?? '?'} s (≤ 2) — ${drain === undefined ? 'not measured: the drain did not finish' : verdict(Number(drain), 2)}`,
     ],
   }
 }
@@ -689,7 +703,8 @@ function mergeReport(sections: Section[], chosen: string[]): void {
   let text = fs.readFileSync(file, 'utf8')
   const end = text.indexOf(END)
   if (text.indexOf(START) === -1 || end === -1) throw new Error(`${file} has lost its figures markers`)
-  const note = ` (figures of ${new Date().toISOString().slice(0, 10)}, \`BENCH_RUNS=${RUNS} BENCH_WRITE=1 npm run bench ${chosen.join(' ')}\`)`
+  const sizes = ['BENCH_SCALE', 'BENCH_WIDE'].filter((v) => process.env[v]).map((v) => `${v}=${process.env[v]} `).join('')
+  const note = ` (figures of ${new Date().toISOString().slice(0, 10)}, \`BENCH_RUNS=${RUNS} ${sizes}BENCH_WRITE=1 npm run bench ${chosen.join(' ')}\`)`
   for (const s of sections) {
     const number = s.title.slice(0, s.title.indexOf(' ') + 1) // "8. "
     const rendered = render({ ...s, title: s.title + note })
