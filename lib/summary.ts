@@ -66,7 +66,7 @@ export function summaryLine(s: Summary): string {
 
 /** "cache 2.9 MiB of 3.0 MiB after evicting 2 path(s) (1.2 MiB)" */
 export function pruneLine(p: PruneReport): string {
-  const evicted = p.evictedPaths + p.orphans > 0 ? ` after evicting ${p.evictedPaths} path(s)${p.orphans ? ` and ${p.orphans} orphaned NAR(s)` : ''} (${formatBytes(p.evictedBytes)})` : ''
+  const evicted = p.evictedPaths + p.orphans > 0 ? ` after evicting ${p.evictedPaths} path(s)${p.orphans ? ` and ${p.orphans} leftover(s) of interrupted uploads` : ''} (${formatBytes(p.evictedBytes)})` : ''
   return `cache ${formatBytes(p.sizeAfter)}${p.maxSize === undefined ? '' : ` of ${formatBytes(p.maxSize)}`}${evicted}`
 }
 

@@ -16,6 +16,17 @@ describe('summary', () => {
       'pushed 7 store paths incrementally, 2 in the final push, 1 failed, cache hit rate 25% (1 substituted, 3 built)',
     )
   })
+  it('with a file:// cache, ends with its size, its budget and what pruning evicted, also as metrics', () => {
+    const MiB = 2 ** 20
+    const pruned = { maxSize: 3 * MiB, sizeBefore: 4 * MiB, sizeAfter: 2_936_012, evictedPaths: 2, evictedBytes: 1_258_291, orphans: 1, kept: 3, ranking: 'index' as const }
+    expect(summaryLine({ ...summary(3, 1), prune: pruned })).toMatch(/, cache 2\.8 MiB of 3\.0 MiB after evicting 2 path\(s\) and 1 leftover\(s\) of interrupted uploads \(1\.2 MiB\)$/)
+    const untouched = { ...pruned, maxSize: undefined, sizeBefore: MiB, sizeAfter: MiB, evictedPaths: 0, evictedBytes: 0, orphans: 0 }
+    expect(summaryLine({ ...summary(3, 1), prune: untouched })).toMatch(/built\), cache 1\.0 MiB$/)
+    const text = openMetrics({ ...summary(3, 1), prune: pruned })
+    expect(text).toMatch(/^greedy_nix_cache_bytes 2936012$/m)
+    expect(text).toMatch(/^greedy_nix_evicted_paths 2$/m)
+    expect(openMetrics(summary(3, 1))).not.toContain('greedy_nix_cache_bytes')
+  })
   it('has no hit rate when nothing was built or substituted', () => {
     expect(hitRate(summary(0, 0).build)).toBeUndefined()
     expect(summaryLine(summary(0, 0))).toContain('cache hit rate n/a')
