@@ -84,7 +84,14 @@ export function planEviction(paths: ReadonlyMap<string, CachedPath>, narBytes: R
   const plan: EvictionPlan = { victims: [], freed: 0 }
   if (total <= budget) return plan
   const referrers = new Map<string, string[]>()
-  for (const p of paths.values()) for (const r of p.references) if (paths.has(r)) referrers.set(r, [...(referrers.get(r) ?? []), p.hash])
+  for (const p of paths.values()) {
+    for (const r of p.references) {
+      if (!paths.has(r)) continue
+      const list = referrers.get(r)
+      if (list) list.push(p.hash)
+      else referrers.set(r, [p.hash])
+    }
+  }
   // Referrers before what they reference (Kahn's order over the references).
   const waiting = new Map([...paths.keys()].map((h) => [h, referrers.get(h)?.length ?? 0]))
   const order: string[] = [...paths.keys()].filter((h) => waiting.get(h) === 0)
@@ -98,8 +105,8 @@ export function planEviction(paths: ReadonlyMap<string, CachedPath>, narBytes: R
   const rank = new Map(order.map((h, i) => [h, i]))
   const used = new Map<string, number>()
   for (const h of order) {
-    const own = paths.get(h)!.lastUsed
-    used.set(h, Math.max(own, ...(referrers.get(h) ?? []).map((r) => used.get(r) ?? own)))
+    // A path that thousands reference (a libc) has thousands of referrers: no spread into Math.max.
+    used.set(h, (referrers.get(h) ?? []).reduce((latest, r) => Math.max(latest, used.get(r) ?? latest), paths.get(h)!.lastUsed))
   }
   // A path on a reference cycle (not a valid store) gets no rank and is never evicted.
   const candidates = order.filter((h) => !keep.has(h)).sort((a, b) => used.get(a)! - used.get(b)! || rank.get(a)! - rank.get(b)!)
