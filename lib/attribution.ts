@@ -26,10 +26,15 @@ export function recordRealised(file: string, ev: NixLogEvent): void {
   }
 }
 
+/** The record's lines: `drv <derivation built>` or `out <path substituted>`. */
+function recordEntries(text: string): Array<{ kind: 'drv' | 'out'; path: string }> {
+  return text.split('\n').flatMap((line) => (/^(drv|out) /.test(line) ? [{ kind: line.slice(0, 3) as 'drv' | 'out', path: line.slice(4) }] : []))
+}
+
 /** The paths this job's builds substituted, from the record (none when there is none). */
 export async function substitutedPaths(file: string): Promise<string[]> {
   const text = await fs.readFile(file, 'utf8').catch(() => '')
-  return text.split('\n').filter((l) => l.startsWith('out ')).map((l) => l.slice(4))
+  return recordEntries(text).filter((e) => e.kind === 'out').map((e) => e.path)
 }
 
 /** The watcher's side: reads the record as it grows and attributes new paths to this job. */
@@ -68,10 +73,7 @@ export class Attribution {
     }
     const complete = text.slice(0, text.lastIndexOf('\n') + 1)
     this.offset += Buffer.byteLength(complete)
-    for (const line of complete.split('\n')) {
-      if (line.startsWith('drv ')) this.drvs.add(line.slice(4))
-      else if (line.startsWith('out ')) this.outs.add(line.slice(4))
-    }
+    for (const e of recordEntries(complete)) (e.kind === 'drv' ? this.drvs : this.outs).add(e.path)
   }
 }
 

@@ -17,7 +17,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import type { Session } from './session.js'
-import { processAlive, processStartTime } from './state.js'
+import { processAlive, processStartTime, writeJsonAtomic } from './state.js'
 
 /** Sizes as users write them: plain bytes, K/M/G/T and KiB… (powers of 1024), KB/MB… (powers of 1000). */
 export function parseSize(text: string): number | undefined {
@@ -83,15 +83,7 @@ export interface EvictionPlan {
 export function planEviction(paths: ReadonlyMap<string, CachedPath>, narBytes: ReadonlyMap<string, number>, total: number, budget: number, keep: ReadonlySet<string>): EvictionPlan {
   const plan: EvictionPlan = { victims: [], freed: 0 }
   if (total <= budget) return plan
-  const referrers = new Map<string, string[]>()
-  for (const p of paths.values()) {
-    for (const r of p.references) {
-      if (!paths.has(r)) continue
-      const list = referrers.get(r)
-      if (list) list.push(p.hash)
-      else referrers.set(r, [p.hash])
-    }
-  }
+  const referrers = referrersOf(paths)
   // Referrers before what they reference (Kahn's order over the references).
   const waiting = new Map([...paths.keys()].map((h) => [h, referrers.get(h)?.length ?? 0]))
   const order: string[] = [...paths.keys()].filter((h) => waiting.get(h) === 0)
@@ -142,18 +134,30 @@ export function parseNarInfo(text: string): { storePath?: string; url?: string; 
   return { storePath: field('StorePath'), url: field('URL'), references: refs ? refs.split(' ').filter(Boolean) : [] }
 }
 
+/** Who references each path in the cache (the reverse of the narinfos' references). */
+function referrersOf(paths: ReadonlyMap<string, CachedPath>): Map<string, string[]> {
+  const referrers = new Map<string, string[]>()
+  for (const p of paths.values()) {
+    for (const r of p.references) {
+      if (!paths.has(r)) continue
+      const list = referrers.get(r)
+      if (list) list.push(p.hash)
+      else referrers.set(r, [p.hash])
+    }
+  }
+  return referrers
+}
+
 /** The hashes of `roots` and of every path that references them, directly or not. */
 function referrersClosure(paths: ReadonlyMap<string, CachedPath>, roots: readonly string[]): Set<string> {
-  const seen = new Set(roots)
-  if (seen.size === 0) return seen
-  for (let grew = true; grew; ) {
-    grew = false
-    for (const p of paths.values()) {
-      if (!seen.has(p.hash) && p.references.some((r) => seen.has(r))) {
-        seen.add(p.hash)
-        grew = true
-      }
-    }
+  if (roots.length === 0) return new Set()
+  const referrers = referrersOf(paths)
+  const seen = new Set<string>()
+  const todo = [...roots]
+  for (let h = todo.pop(); h !== undefined; h = todo.pop()) {
+    if (seen.has(h)) continue
+    seen.add(h)
+    todo.push(...(referrers.get(h) ?? []))
   }
   return seen
 }
@@ -231,23 +235,22 @@ export async function prune(opts: PruneOptions): Promise<PruneReport> {
       // A narinfo whose NAR is gone cannot be substituted, and Nix then fails the build rather than
       // building it unless --fallback (derivation-goal.cc); nor can what references it: they all go.
       const broken = referrersClosure(scan.paths, scan.broken)
-      const plans = [
-        () => planEviction(new Map([...scan.paths].filter(([h]) => broken.has(h))), scan.narBytes, Infinity, 0, keep),
-        () => planEviction(scan.paths, scan.narBytes, report.sizeAfter, opts.maxSize!, keep),
-      ]
-      for (const make of plans) {
-        const plan = make()
+      const apply = (plan: EvictionPlan) => {
         evict(opts.dir, plan, scan)
         report.evictedPaths += plan.victims.length
         report.sizeAfter -= plan.freed
       }
+      apply(planEviction(new Map([...scan.paths].filter(([h]) => broken.has(h))), scan.narBytes, Infinity, 0, keep))
+      apply(planEviction(scan.paths, scan.narBytes, report.sizeAfter, opts.maxSize, keep))
       report.evictedBytes = report.sizeBefore - report.sizeAfter
       if (report.sizeAfter > opts.maxSize) {
         opts.warn(`the cache ${opts.dir} holds ${formatBytes(report.sizeAfter)} after pruning, over its budget of ${formatBytes(opts.maxSize)}: this job's results alone need ${formatBytes(keptBytes(scan, keep))}`)
       }
     }
-    const indexBytes = await writeIndex(path.join(opts.dir, INDEX_FILE), scan.paths)
-    report.sizeAfter += indexBytes - scan.indexBytes
+    // Written through a rename: a job killed mid-write leaves the old index, never half of one.
+    const indexFile = path.join(opts.dir, INDEX_FILE)
+    await writeJsonAtomic(indexFile, { version: 1, used: Object.fromEntries([...scan.paths.values()].map((p) => [p.hash, Math.round(p.lastUsed)])) })
+    report.sizeAfter += statSync(indexFile).size - scan.indexBytes
     return report
   } finally {
     await release()
@@ -304,7 +307,7 @@ interface Scan {
   /** Hashes with a `.ls` listing (write-nar-listing). */
   listings: Set<string>
   narBytes: Map<string, number>
-  /** NARs no narinfo names, and temporary files (Nix's `<file>.tmp.<pid>.<n>`, our index's `….tmp`). */
+  /** NARs no narinfo names, and temporary files (Nix's `<file>.tmp.<pid>.<n>`, writeJsonAtomic's `<file>.<pid>.tmp`). */
   leftovers: Array<{ name: string; bytes: number; mtime: number }>
   total: number
 }
@@ -399,16 +402,6 @@ async function readIndex(file: string): Promise<Index> {
   } catch (err) {
     return { ok: false, used: new Map(), problem: `the cache's index ${file} is unreadable (${(err as Error).message})` }
   }
-}
-
-/** Written through a rename: a job killed mid-write leaves the old index, never half of one. Returns its bytes. */
-async function writeIndex(file: string, paths: ReadonlyMap<string, CachedPath>): Promise<number> {
-  const used = Object.fromEntries([...paths.values()].map((p) => [p.hash, Math.round(p.lastUsed)]))
-  const text = JSON.stringify({ version: 1, used }) + '\n'
-  const tmp = `${file}.${process.pid}.${randomBytes(4).toString('hex')}.tmp`
-  await fs.writeFile(tmp, text)
-  await fs.rename(tmp, file)
-  return Buffer.byteLength(text)
 }
 
 interface LockOwner {

@@ -28,7 +28,7 @@ export async function prune(argv: string[]): Promise<number> {
   const keep = flags._.length > 0 ? flags._.map(String) : await resultLinks()
   info(`keeping ${dir} within its budget${keep.length > 0 ? `, and the closures of ${keep.length} path(s)` : ''}`)
   const { report, problem } = await pruneCache({ dir, maxSize: config.cacheMaxSize, keep, used: [], log: info, warn })
-  if (!report) return problem ? cacheProblem(config.strict, problem) : cacheProblem(config.strict, `no cache at ${dir}`)
+  if (!report) return cacheProblem(config.strict, problem ?? `no cache at ${dir}`)
   info(pruneLine(report))
   return 0
 }
