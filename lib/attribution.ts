@@ -7,6 +7,7 @@ import fs from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
 import { run } from './exec.js'
+import { derivationOutputs } from './nix.js'
 import type { NixLogEvent } from './nixlog.js'
 import { processAlive, processStartTime } from './state.js'
 
@@ -26,9 +27,45 @@ export function recordRealised(file: string, ev: NixLogEvent): void {
   }
 }
 
+type RecordEntry = { kind: 'drv' | 'out'; path: string }
+
 /** The record's lines: `drv <derivation built>` or `out <path substituted>`. */
-function recordEntries(text: string): Array<{ kind: 'drv' | 'out'; path: string }> {
+function recordEntries(text: string): RecordEntry[] {
   return text.split('\n').flatMap((line) => (/^(drv|out) /.test(line) ? [{ kind: line.slice(0, 3) as 'drv' | 'out', path: line.slice(4) }] : []))
+}
+
+/** The record's complete lines from byte `offset` on, and the offset after them (none yet: nothing). */
+async function readRecord(file: string, offset: number): Promise<{ entries: RecordEntry[]; offset: number }> {
+  let text: string
+  try {
+    const handle = await fs.open(file, 'r')
+    try {
+      const buf = Buffer.alloc(Math.max(0, (await handle.stat()).size - offset))
+      await handle.read(buf, 0, buf.length, offset)
+      text = buf.toString('utf8')
+    } finally {
+      await handle.close()
+    }
+  } catch {
+    return { entries: [], offset } // nothing recorded yet
+  }
+  const complete = text.slice(0, text.lastIndexOf('\n') + 1)
+  return { entries: recordEntries(complete), offset: offset + Buffer.byteLength(complete) }
+}
+
+/**
+ * What the job's builds realised since `offset` in the record: the paths substituted and the
+ * outputs of the derivations built (named in their .drv files). `build`'s drain checks these by
+ * name instead of reading the whole store again.
+ */
+export async function realisedSince(file: string, offset: number): Promise<{ paths: string[]; offset: number }> {
+  const read = await readRecord(file, offset)
+  const paths: string[] = []
+  for (const e of read.entries) {
+    if (e.kind === 'out') paths.push(e.path)
+    else paths.push(...derivationOutputs(await fs.readFile(e.path, 'utf8').catch(() => '')))
+  }
+  return { paths, offset: read.offset }
 }
 
 /** The paths this job's builds substituted, from the record (none when there is none). */
@@ -61,19 +98,9 @@ export class Attribution {
   }
 
   private async refresh(): Promise<void> {
-    let text: string
-    try {
-      const handle = await fs.open(this.file, 'r')
-      const buf = Buffer.alloc((await handle.stat()).size - this.offset)
-      await handle.read(buf, 0, buf.length, this.offset)
-      await handle.close()
-      text = buf.toString('utf8')
-    } catch {
-      return // nothing recorded yet
-    }
-    const complete = text.slice(0, text.lastIndexOf('\n') + 1)
-    this.offset += Buffer.byteLength(complete)
-    for (const e of recordEntries(complete)) (e.kind === 'drv' ? this.drvs : this.outs).add(e.path)
+    const read = await readRecord(this.file, this.offset)
+    this.offset = read.offset
+    for (const e of read.entries) (e.kind === 'drv' ? this.drvs : this.outs).add(e.path)
   }
 }
 

@@ -5,7 +5,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { atticEnv } from './attic.js'
 import { DEFAULT_WATCH_MAX_AGE } from './config.js'
-import { Attribution, otherWatchersRunning, registerWatcher } from './attribution.js'
+import { Attribution, otherWatchersRunning, realisedSince, registerWatcher } from './attribution.js'
 import { AtticSink, NixCopySink, type PushSink, type SinkOptions } from './pusher.js'
 import { formatPidFile, parsePidFile, processStartTime, writeJsonAtomic, type StatePaths } from './state.js'
 import { findAtticClient, StoreWatcher, type WatcherCounts } from './watcher.js'
@@ -52,6 +52,11 @@ export function makeSink(session: Session, opts: SinkOptions): PushSink | undefi
     return new AtticSink(session.client, session.attic.cache, atticEnv(session.attic.configHome), withLanes)
   }
   return undefined
+}
+
+/** The process's memory in MiB, for GREEDY_DEBUG (the benchmarks read peak RSS from /proc). */
+function memoryLine(): string {
+  return Object.entries(process.memoryUsage()).map(([k, v]) => `${k} ${(v / 1048576).toFixed(1)}`).join(', ')
 }
 
 export async function runWatcher(paths: StatePaths, session: Session, log: (msg: string) => void, debug: (msg: string) => void): Promise<void> {
@@ -127,13 +132,19 @@ export async function runWatcher(paths: StatePaths, session: Session, log: (msg:
 
   // Drain requests are served one after another; a request arriving mid-drain gets its own pass.
   let draining: Promise<void> = Promise.resolve()
+  let realisedOffset = 0 // how far `builds` drains have read the realised record
   process.on('SIGUSR1', () => {
     draining = draining.then(async () => {
-      const token = (await fs.readFile(paths.drainRequest, 'utf8').catch(() => '')).trim()
+      const [token = '', scope] = (await fs.readFile(paths.drainRequest, 'utf8').catch(() => '')).split('\n')
       const started = Date.now()
       try {
-        await watcher.drain()
+        if (scope === 'builds') {
+          const realised = await realisedSince(paths.realised, realisedOffset)
+          realisedOffset = realised.offset
+          await watcher.drain(realised.paths)
+        } else await watcher.drain()
         log(`drained in ${Date.now() - started} ms: ${JSON.stringify(watcher.counts)}`)
+        debug(`memory: ${memoryLine()}`)
       } catch (err) {
         // Answer anyway: the caller reports the counts, and the next drain gets a fresh pass.
         log(`drain incomplete: ${(err as Error).message}`)

@@ -177,6 +177,18 @@ export async function copyTo(url: string, paths: readonly string[], opts: { time
   return { ...r, copied }
 }
 
+/**
+ * The output paths a derivation's text names. Its first list holds `("name","path","method","hash")`
+ * per output, after `Derive(` or, with dynamic derivations, `DrvWithVersion("xp-dyn-drv",`
+ * (derivations.cc `Derivation::unparse`, 2.8.0 and 2.24.15); a floating content-addressed or
+ * deferred output has no path ("") until it is built, so it is not named.
+ */
+export function derivationOutputs(text: string): string[] {
+  const end = text.indexOf(')]')
+  if (!/^(Derive|DrvWithVersion)\(/.test(text) || end === -1) return []
+  return [...text.slice(0, end + 1).matchAll(/\("[^"]*","(\/[^"]+)"/g)].map((m) => m[1]!)
+}
+
 /** The closure of `paths` (`nix-store -qR`, stable on every version). */
 export async function closureOf(paths: readonly string[], timeoutMs = 60_000): Promise<string[]> {
   if (paths.length === 0) return []

@@ -7,7 +7,7 @@ import path from 'node:path'
 import type { PushSink, Settled } from './pusher.js'
 import { invalidPaths, queryPathInfo, type PathInfo } from './nix.js'
 import { ServeConnection, type ServedInfo } from './serve.js'
-import { entries, StoreSnapshot } from './snapshot.js'
+import { entries, NameSet, StoreSnapshot } from './snapshot.js'
 
 export interface WatcherCounts {
   /** Valid new paths seen. */
@@ -62,7 +62,8 @@ const SERVE_FAILURES_MAX = 3
 
 export class StoreWatcher {
   private known: StoreSnapshot | undefined
-  private readonly handled = new Set<string>()
+  /** Names checked or being checked: a lock's removal brings several events. */
+  private readonly handled = new NameSet()
   private candidates = new Set<string>()
   private checkTimer: NodeJS.Timeout | undefined
   private checking: Promise<void> = Promise.resolve()
@@ -71,7 +72,8 @@ export class StoreWatcher {
   private sink: PushSink | undefined
   private backlog: string[] = []
   private readonly outstanding = new Set<string>()
-  private readonly pushedPaths = new Set<string>()
+  /** Names counted as pushed: a dependency pushed with its dependant is reported again. */
+  private readonly pushedNames = new NameSet()
   private readonly skipKeys: ReadonlySet<string>
   private readonly serve = new ServeConnection(60_000, () => this.opts.debug?.('nix-store --serve started'))
   private serveFailures = 0
@@ -87,9 +89,11 @@ export class StoreWatcher {
     return this.sink !== undefined
   }
 
-  /** Snapshot the store (what exists now is never pushed) and start watching it. */
+  /**
+   * Start watching the store, then snapshot it (what exists now is never pushed). Watching first:
+   * a path finished during the snapshot still brings its lock event.
+   */
   async start(): Promise<void> {
-    this.known = StoreSnapshot.take(this.opts.storeDir)
     this.fsWatcher = fs.watch(this.opts.storeDir, (_event, name) => {
       if (typeof name !== 'string' || !name.endsWith('.lock')) return
       const target = name.slice(0, -'.lock'.length)
@@ -97,11 +101,19 @@ export class StoreWatcher {
       if (!fs.existsSync(path.join(this.opts.storeDir, name))) this.consider(target)
     })
     this.fsWatcher.on('error', (err) => this.opts.info?.(`store watch error: ${err.message}`))
+    this.known = StoreSnapshot.take(this.opts.storeDir)
   }
 
-  /** Every path seen so far settled (pushed, cached, failed) or waiting for a client. */
-  async drain(): Promise<void> {
-    await this.rescan()
+  /**
+   * Every path seen so far settled (pushed, cached, failed) or waiting for a client. Lock events
+   * can be lost (inotify drops events when its queue overflows, unannounced), so the drain looks
+   * again: at `expected`, the paths a build realised, by name; without it, at the whole store,
+   * which also finds the paths of plain `nix` commands but costs a read of every entry (~0.2 s
+   * at 180,000 entries, seconds on a long-lived runner), too much for every `build`.
+   */
+  async drain(expected?: readonly string[]): Promise<void> {
+    if (expected) this.lookAt(expected.map((p) => path.basename(p)))
+    else this.lookAt(entries(this.opts.storeDir))
     await this.checkNow()
     if (this.sink) await this.sink.flush()
   }
@@ -118,10 +130,12 @@ export class StoreWatcher {
     return this.backlog
   }
 
-  /** Entries that appeared without a lock event we saw (inotify overflow, races at start). */
-  private async rescan(): Promise<void> {
-    for (const name of entries(this.opts.storeDir)) {
-      if (!this.known?.has(name) && !this.handled.has(name)) this.consider(name)
+  /** Of these store entries, those new since the start that no lock event brought. */
+  private lookAt(names: Iterable<string>): void {
+    for (const name of names) {
+      if (!isPushCandidateName(name) || this.handled.has(name) || this.known?.has(name)) continue
+      this.opts.debug?.(`no lock event seen for ${name}: checking it`)
+      this.consider(name)
     }
   }
 
@@ -183,7 +197,7 @@ export class StoreWatcher {
     return (await this.servedInfos(paths)) ?? this.queriedInfos(paths)
   }
 
-  /** Invalid paths are let go: a later lock event or the drain's rescan brings them back. */
+  /** Invalid paths are let go: a later lock event or a drain's look brings them back. */
   private notValid(p: string): void {
     this.opts.debug?.(`not valid (yet), skipped: ${p}`)
     this.handled.delete(path.basename(p))
@@ -255,8 +269,8 @@ export class StoreWatcher {
   /** The sink reports each path once; dependencies it pushed on its own count too. */
   settle(s: Settled): void {
     const mine = this.outstanding.delete(s.path)
-    if (s.status === 'pushed' && !this.pushedPaths.has(s.path)) {
-      this.pushedPaths.add(s.path)
+    if (s.status === 'pushed' && !this.pushedNames.has(path.basename(s.path))) {
+      this.pushedNames.add(path.basename(s.path))
       this.counts.pushed++
     } else if (s.status === 'cached' && mine) {
       this.counts.cached++

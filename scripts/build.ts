@@ -68,7 +68,7 @@ async function recordAndDrain(paths: ReturnType<typeof statePaths>, r: BuildResu
   await recordBuild(paths, r).catch((err: Error) => warn(`cannot record build counts in ${paths.build}: ${err.message}`))
   const started = Date.now()
   const progress = (s: WatcherStatus) => info(`waiting for the cache: ${s.counts.pending} path(s) still pushing`)
-  const d = await (stop ? stopWatcher : drainWatcher)(paths, timeoutS, progress)
+  const d = stop ? await stopWatcher(paths, timeoutS, progress) : await drainWatcher(paths, timeoutS, progress, 'builds')
   if (d.state === 'not-running') return 0
   const c = d.status?.counts
   const summary = c ? `${c.pushed} pushed so far, ${c.failed} failed, ${c.pending} pending` : 'no counts'

@@ -4,7 +4,7 @@ import fs from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
-import { nameKey, StoreSnapshot } from '../../lib/snapshot.js'
+import { NameSet, nameKey, StoreSnapshot } from '../../lib/snapshot.js'
 
 const storeName = (i: number) => `${i.toString(32).padStart(32, '0')}-pkg-${i}`
 
@@ -28,5 +28,15 @@ describe('StoreSnapshot', () => {
     const keys = new Set(Array.from({ length: 200_000 }, (_, i) => nameKey(storeName(i))))
     expect(keys.size).toBe(200_000)
     for (const k of [...keys].slice(0, 1000)) expect(Number.isSafeInteger(k)).toBe(true)
+  })
+})
+
+describe('NameSet', () => {
+  it('holds the names added, forgets the ones deleted, and no others', () => {
+    const set = new NameSet()
+    for (let i = 0; i < 10_000; i++) set.add(storeName(i))
+    for (let i = 0; i < 10_000; i += 2) set.delete(storeName(i))
+    const held = Array.from({ length: 20_000 }, (_, i) => i).filter((i) => set.has(storeName(i)))
+    expect(held).toEqual(Array.from({ length: 5_000 }, (_, i) => 2 * i + 1))
   })
 })
