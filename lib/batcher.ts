@@ -16,8 +16,9 @@ export const MAX_GAP_MS = 2000
 /**
  * With several lanes, the fewest paths worth a process of their own. `nix copy` uploads one path
  * after another (Nix 2.8 `Store::addMultipleToStore` reads them from one stream; 2.24 runs a
- * pool of as many threads as cores), so against a cache 100 ms away one process moves ~3 paths
- * a second; more processes, each with its own paths, multiply that.
+ * pool of as many threads as cores), three round trips each, so against a cache 100 ms away one
+ * process moves ~3 paths a second on 2.8, ~6 on 2.24; more processes, each with its own paths,
+ * multiply that.
  */
 export const LANE_MIN = 8
 
@@ -97,6 +98,11 @@ export class Batcher {
    */
   private take(count: number): string[][] {
     const batches: string[][] = Array.from({ length: Math.max(1, count) }, () => [])
+    // With several lanes a run takes its share of the backlog, not all of it: a lane that frees
+    // while the others are busy would otherwise take up to BATCH_MAX paths and upload them one
+    // after another (seen: a fan of 200 that Nix built in 3 s went as 8 small runs, then one of
+    // 128 paths, ~50 s at 100 ms a request); what stays goes to the next lanes that free.
+    const cap = this.lanes > 1 ? Math.min(BATCH_MAX, Math.max(LANE_MIN, Math.ceil(this.pending.length / this.lanes))) : BATCH_MAX
     const batchOf = new Map<string, number>()
     const held = new Set<string>()
     const rest: string[] = []
@@ -114,7 +120,7 @@ export class Batcher {
       }
       if (!hold) {
         at ??= batches.reduce((best, b, i) => (b.length < batches[best]!.length ? i : best), 0)
-        if (batches[at]!.length >= BATCH_MAX) hold = true
+        if (batches[at]!.length >= cap) hold = true
       }
       if (hold) {
         held.add(p)

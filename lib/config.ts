@@ -49,8 +49,9 @@ export interface Config {
    * Push processes the watcher runs at once. A remote cache answers each request 50–300 ms late
    * and `nix copy` uploads one path after another, so several processes, each with its own paths,
    * multiply the throughput; a `file://` cache is limited by this machine's CPU and disk, where
-   * more processes only compete with the build. Default: 1 for file://, 8 for other store URLs,
-   * 2 for attic (each `attic push` already uploads 5 paths at once).
+   * more processes only compete with the build. Default: 1 for file://, 16 for other store URLs
+   * (a fan of 200 tiny paths at 100 ms a request: 18 paths/s with 8, 25 with 16, 28 with 24 on
+   * Nix 2.8, 2 cores; docs/BENCHMARKS.md), 2 for attic (each `attic push` uploads 5 paths at once).
    */
   pushJobs: number
   /**
@@ -82,7 +83,7 @@ export const VARIABLES = {
   GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
   GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
   GREEDY_WATCH_MAX_AGE: { flag: 'watch-max-age', doc: 'seconds after which a watcher ends itself (default: 2678400, 31 days, above GitLab\'s longest job timeout)' },
-  GREEDY_PUSH_JOBS: { flag: 'push-jobs', doc: 'push processes at once (default: 1 for file://, 8 for other store URLs, 2 for attic)' },
+  GREEDY_PUSH_JOBS: { flag: 'push-jobs', doc: 'push processes at once (default: 1 for file://, 16 for other store URLs, 2 for attic)' },
   GREEDY_CACHE_MAX_SIZE: { flag: 'max-size', doc: 'size budget of a file:// GREEDY_CACHE_URL (500M, 2G, 1.5GiB or bytes; K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000): push evicts the least recently used paths beyond it' },
   GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
   GREEDY_EXCLUDE: { flag: 'exclude', doc: 'do not push store paths matching this regular expression on their own (closures of other paths still carry them)' },
@@ -233,7 +234,7 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     stateDir: path.resolve(cwd, values.GREEDY_STATE_DIR ?? path.join(projectDir, '.greedy-nix')),
     drainTimeout: values.GREEDY_DRAIN_TIMEOUT ?? 120,
     watchMaxAge: values.GREEDY_WATCH_MAX_AGE ?? DEFAULT_WATCH_MAX_AGE,
-    pushJobs: values.GREEDY_PUSH_JOBS ?? (backend === 'attic' ? 2 : values.GREEDY_CACHE_URL?.url.startsWith('file:') ? 1 : 8),
+    pushJobs: values.GREEDY_PUSH_JOBS ?? (backend === 'attic' ? 2 : values.GREEDY_CACHE_URL?.url.startsWith('file:') ? 1 : 16),
     cacheMaxSize: values.GREEDY_CACHE_MAX_SIZE,
     include: values.GREEDY_INCLUDE,
     exclude: values.GREEDY_EXCLUDE,

@@ -4,7 +4,7 @@ import { setTimeout as sleep } from 'node:timers/promises'
 import { pushPaths, type PushOutcome } from './attic.js'
 import { Batcher } from './batcher.js'
 import { describeFailure, errorLine } from './exec.js'
-import { copyTo, storeDir } from './nix.js'
+import { copyTo, storeDir, type CopyResult } from './nix.js'
 import { backoffMs, classifyError, MAX_ATTEMPTS, RetryBudget } from './retry.js'
 
 export type Settled =
@@ -39,6 +39,14 @@ export class NixCopySink implements PushSink {
   private readonly batcher: Batcher
   /** Ends the copies under way when the watcher stops: none may outlive it. */
   private readonly stopping = new AbortController()
+  /**
+   * Set by the first `nix copy` of this sink; the others wait until it has opened the cache. Nix
+   * 2.8 registers a cache in its narinfo disk cache with `insert or replace`, which gives the row
+   * a new id: copies that open a cache new to this user's Nix at once fail each other
+   * ("constraint failed"; nar-info-disk-cache.cc `createCache`, 2.8.0; 2.24.15 looks for the row
+   * first, in a transaction). With a nix-daemon, the build's lookups register it for root only.
+   */
+  private opened: Promise<void> | undefined
 
   constructor(
     private readonly url: string,
@@ -68,7 +76,7 @@ export class NixCopySink implements PushSink {
     for (;;) {
       if (this.stopping.signal.aborted) return
       this.opts.debug?.(`nix copy: ${batch.length} path(s)`)
-      const r = await copyTo(this.url, batch, { timeoutMs: this.opts.runTimeoutMs, env: this.env, signal: this.stopping.signal })
+      const r = await this.copyOnce(batch)
       if (this.stopping.signal.aborted) return // stopped: unsettled, not failed
       for (const p of r.copied) copied.add(p)
       if (r.code === 0) {
@@ -90,6 +98,18 @@ export class NixCopySink implements PushSink {
       this.opts.onWarn(`${error}; try ${budget.nextTry} of ${MAX_ATTEMPTS} for ${batch.length} path(s) in ${(delay / 1000).toFixed(1)}s`)
       await sleep(delay, undefined, { signal: this.stopping.signal }).catch(() => {})
     }
+  }
+
+  private async copyOnce(batch: string[]): Promise<CopyResult> {
+    const options = { timeoutMs: this.opts.runTimeoutMs, env: this.env, signal: this.stopping.signal }
+    if (this.opened) {
+      await this.opened
+      return copyTo(this.url, batch, options)
+    }
+    let open = () => {}
+    this.opened = new Promise((resolve) => (open = resolve))
+    // Released at its first copied path, or at its end (nothing to copy, or it failed).
+    return copyTo(this.url, batch, { ...options, onCopying: open }).finally(open)
   }
 }
 

@@ -5,8 +5,9 @@
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
+import { NixCopySink, type Settled } from '../lib/pusher.js'
 import { startFaultProxy, type FaultProxy } from './fault-proxy.js'
-import { greedy, inFileCache, makeKeys, nixEnv, packagePaths, runCmd, tmpDir, uid, writeShFlake } from './helpers.js'
+import { greedy, inFileCache, makeKeys, nixArgs, nixEnv, packagePaths, runCmd, tmpDir, uid, writeShFlake } from './helpers.js'
 import { startHttpCache, type Nginx } from './nginx.js'
 
 const stops: Array<Nginx | FaultProxy> = []
@@ -67,5 +68,38 @@ describe('a cache 300 ms away', () => {
         expect(theirs!.end!, `${r} complete before ${p} appears`).toBeLessThanOrEqual(mine.start)
       }
     }
+  })
+
+  it("first uses of a cache its user's Nix never opened, in parallel: no push fails the others", async () => {
+    // Nix 2.8 registers a cache in its narinfo disk cache (~/.cache/nix/binary-cache-v6.sqlite)
+    // with `insert or replace`, which gives the row a new id and drops its NARs, so `nix copy`
+    // processes that open the same new cache at once fail each other ("constraint failed";
+    // nar-info-disk-cache.cc `createCache`, 2.8.0; 2.24 checks for the row in a transaction).
+    // It happens in real jobs: with a nix-daemon, the build's substituter lookups register the
+    // cache in root's disk cache, and the watcher's pushes run as the job's user.
+    const dir = tmpDir('greedy-remote-first-')
+    const cache = await startHttpCache(path.join(dir, 'nginx'))
+    stops.push(cache)
+    const proxy = await startFaultProxy(cache.url, () => ({ kind: 'slow', ms: 100 }))
+    stops.push(proxy)
+    const project = path.join(dir, 'project')
+    const prefix = `first-${uid()}`
+    const names = Array.from({ length: 64 }, (_, i) => `f${i}`)
+    fs.mkdirSync(project, { recursive: true })
+    writeShFlake(project, names.map((n) => `    ${n} = mk "${prefix}-${n}" "echo ${n} > $out";`), names.map((n) => `${n} = ${n};`).join(' '))
+    const base = nixEnv(path.join(dir, 'home'))
+    const built = await runCmd('nix', nixArgs('build', '--no-link', ...names.map((n) => `${project}#${n}`)), { env: base })
+    expect(built.code, built.stderr).toBe(0)
+    const all = packagePaths(base, project)
+    const outs = names.map((n) => all[n]!)
+
+    const settled: Settled[] = []
+    const warnings: string[] = []
+    const sink = new NixCopySink(proxy.url, { onSettled: (s) => settled.push(s), onWarn: (w) => warnings.push(w), runTimeoutMs: 120_000, lanes: 8 }, { ...base, XDG_CACHE_HOME: path.join(dir, 'fresh-cache') })
+    sink.add(outs)
+    await sink.flush()
+    expect(warnings).toEqual([])
+    expect(settled.filter((s) => s.status !== 'pushed')).toEqual([])
+    expect(outs.filter((p) => !inFileCache(cache.cacheDir, p))).toEqual([])
   })
 })

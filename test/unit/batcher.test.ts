@@ -108,4 +108,25 @@ describe('Batcher', () => {
     r.runs[1]!.end()
     await flushed
   })
+
+  it('several lanes: a lane that frees while the others are busy takes its share of the backlog, not all of it', async () => {
+    const r = recorder()
+    const b = new Batcher(r.push, 8)
+    b.add(names(8 * LANE_MIN, 'early')) // every lane busy
+    expect(r.live()).toHaveLength(8)
+    const backlog = names(150)
+    b.add(backlog) // a fast build: the rest of a fan arrives at once
+    const flushed = b.flush()
+    r.live()[0]!.end()
+    await tick()
+    const next = r.runs[8]!.batch
+    expect(next.length).toBeLessThanOrEqual(Math.ceil(150 / 8))
+    expect(next.length).toBeGreaterThanOrEqual(LANE_MIN)
+    while (r.live().length > 0) {
+      for (const x of r.live()) x.end()
+      await tick()
+    }
+    await flushed
+    expect(r.runs.flatMap((x) => x.batch).filter((p) => p.includes('/p')).sort()).toEqual([...backlog].sort()) // each once
+  })
 })

@@ -45,10 +45,10 @@ describe('parseConfig', () => {
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'max-size': 'huge' }).errors).toEqual(['--max-size: "huge" expected a size such as 500M, 2G, 1.5GiB or a number of bytes'])
   })
 
-  it('push jobs: 1 for a file:// cache, 8 for a remote store URL, 2 for attic; GREEDY_PUSH_JOBS wins; a bad value is named', () => {
+  it('push jobs: 1 for a file:// cache, 16 for a remote store URL, 2 for attic; GREEDY_PUSH_JOBS wins; a bad value is named', () => {
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }).config.pushJobs).toBe(1)
-    expect(parseConfig({ GREEDY_CACHE_URL: 'https://cache.example.org' }).config.pushJobs).toBe(8)
-    expect(parseConfig({ GREEDY_CACHE_URL: 's3://bucket?region=eu-west-1' }).config.pushJobs).toBe(8)
+    expect(parseConfig({ GREEDY_CACHE_URL: 'https://cache.example.org' }).config.pushJobs).toBe(16)
+    expect(parseConfig({ GREEDY_CACHE_URL: 's3://bucket?region=eu-west-1' }).config.pushJobs).toBe(16)
     expect(parseConfig({ ATTIC_SERVER: 'https://attic.example.org' }).config.pushJobs).toBe(2)
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_PUSH_JOBS: '4' }).config.pushJobs).toBe(4)
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'push-jobs': 3 }).config.pushJobs).toBe(3)
