@@ -25,11 +25,13 @@ export async function getAtticClient(opts: {
   cwd: string
   which: (cmd: string) => Promise<string | undefined>
   debug: (msg: string) => void
+  /** The job's Nix environment: the cache as substituter (lib/nixconf.ts). */
+  env?: NodeJS.ProcessEnv
 }): Promise<ClientFound> {
   const { installable, outLink, cwd } = opts
   const bin = (link: string) => path.join(link, 'bin', 'attic')
   const fromCache = async (inst: string, extra: string[] = []) => {
-    const r = await substituteOnly(inst, outLink, extra)
+    const r = await substituteOnly(inst, outLink, extra, { env: opts.env })
     if (r.code !== 0) opts.debug(`${inst} is not in a substituter: ${r.stderr.trim().split('\n').pop()}`)
     return r
   }

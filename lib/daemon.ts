@@ -9,7 +9,7 @@ import { Attribution, otherWatchersRunning, realisedSince, registerWatcher } fro
 import { AtticSink, NixCopySink, type PushSink, type SinkOptions } from './pusher.js'
 import { formatPidFile, parsePidFile, processStartTime, writeJsonAtomic, type StatePaths } from './state.js'
 import { findAtticClient, StoreWatcher, type WatcherCounts } from './watcher.js'
-import { saveSession, type Session } from './session.js'
+import { saveSession, uploadEnv, type Session } from './session.js'
 import { storeDir } from './nix.js'
 
 export interface WatcherStatus {
@@ -47,7 +47,7 @@ export async function ownerGone(paths: StatePaths, startedAt: number, maxAgeS: n
 
 export function makeSink(session: Session, opts: SinkOptions): PushSink | undefined {
   const withLanes = { lanes: session.pushJobs, ...opts }
-  if (session.backend === 'nix' && session.nix) return new NixCopySink(session.nix.url, withLanes)
+  if (session.backend === 'nix' && session.nix) return new NixCopySink(session.nix.url, withLanes, uploadEnv(session))
   if (session.backend === 'attic' && session.attic && session.client) {
     return new AtticSink(session.client, session.attic.cache, atticEnv(session.attic.configHome), withLanes)
   }

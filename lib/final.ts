@@ -7,7 +7,7 @@ import { atticEnv, pushPaths } from './attic.js'
 import type { WatcherStatus } from './daemon.js'
 import { describeFailure, errorLine } from './exec.js'
 import { copyTo, storeDir } from './nix.js'
-import type { Session } from './session.js'
+import { uploadEnv, type Session } from './session.js'
 
 export interface FinalPush {
   /** Paths uploaded now (closures included); the cache already had the rest. */
@@ -21,7 +21,7 @@ export async function finalPush(session: Session, targets: readonly string[], st
   if (paths.length === 0) return { pushed: [], failed: [] }
   log(`final push of ${paths.length} path(s) and their closures`)
   if (session.backend === 'nix' && session.nix) {
-    const r = await copyTo(session.nix.url, paths, { timeoutMs })
+    const r = await copyTo(session.nix.url, paths, { timeoutMs, env: uploadEnv(session) })
     if (r.code === 0) return { pushed: r.copied, failed: [] }
     // Nix names a path when it starts copying it, not when the copy succeeded: after a failure,
     // claim nothing as pushed.

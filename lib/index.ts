@@ -14,8 +14,6 @@ export {
   queryPathInfo,
   storeDir,
   substituteOnly,
-  userNixConf,
-  writeNixConfBlock,
   type BuildOptions,
   type BuildResult,
   type CopyResult,
@@ -41,7 +39,8 @@ export { ServeConnection, type ServedInfo } from './serve.js'
 export { StoreWatcher, findAtticClient, isPushCandidateName, needsPush, type WatcherCounts, type WatcherOptions } from './watcher.js'
 export { runWatcher, makeSink, type WatcherStatus } from './daemon.js'
 export { drainWatcher, startWatcher, stopWatcher, type DrainResult } from './control.js'
-export { configureSubstituter, loadSession, prepareSession, saveSession, type Prepared, type Session } from './session.js'
+export { jobNixConfig, removeNixConfBlock, userNixConf, withJobNixConfig, type Substituter } from './nixconf.js'
+export { configureJobNix, jobEnv, loadSession, prepareSession, saveSession, type Prepared, type Session } from './session.js'
 export { finalPush, type FinalPush } from './final.js'
 export {
   closureIn,

@@ -2,9 +2,7 @@
 // Nix, Lix and Determinate Nix; where output shapes differ (path-info JSON), both are parsed.
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import fs from 'node:fs/promises'
 import os from 'node:os'
-import path from 'node:path'
 import { run, type RunResult } from './exec.js'
 import { BuildLog, parseNixLogLine, type BuildCounts, type NixLogEvent } from './nixlog.js'
 
@@ -200,8 +198,8 @@ export async function closureOf(paths: readonly string[], timeoutMs = 60_000): P
 }
 
 /** Build `installable` from substituters only (`--max-jobs 0`): fails at once when it is not cached. */
-export async function substituteOnly(installable: string, outLink: string, extraArgs: readonly string[] = [], timeoutMs = 300_000): Promise<RunResult> {
-  return run('nix', nixArgs('build', installable, '--max-jobs', '0', '--out-link', outLink, ...extraArgs), { timeoutMs })
+export async function substituteOnly(installable: string, outLink: string, extraArgs: readonly string[] = [], opts: { timeoutMs?: number; env?: NodeJS.ProcessEnv } = {}): Promise<RunResult> {
+  return run('nix', nixArgs('build', installable, '--max-jobs', '0', '--out-link', outLink, ...extraArgs), { timeoutMs: opts.timeoutMs ?? 300_000, env: opts.env })
 }
 
 /** The public half of a secret signing key, read through stdin so the secret never reaches argv. */
@@ -273,33 +271,6 @@ export function build(opts: BuildOptions): Promise<BuildResult> {
       finish(code ?? 128 + (sig ? os.constants.signals[sig] : 0))
     })
   })
-}
-
-/** The user-level nix.conf that every later `nix` command of the job reads. */
-export function userNixConf(env: NodeJS.ProcessEnv = process.env): string {
-  const files = env.NIX_USER_CONF_FILES?.split(':').filter(Boolean)
-  if (files?.[0]) return files[0]
-  const config = env.XDG_CONFIG_HOME || path.join(env.HOME || os.homedir(), '.config')
-  return path.join(config, 'nix', 'nix.conf')
-}
-
-const BEGIN = '# greedy-nix begin'
-const END = '# greedy-nix end'
-
-/** Put our settings in a marked block of a nix.conf, replacing the block a previous run wrote. */
-export async function writeNixConfBlock(file: string, lines: readonly string[]): Promise<void> {
-  let text = ''
-  try {
-    text = await fs.readFile(file, 'utf8')
-  } catch {
-    // no file yet
-  }
-  const start = text.indexOf(BEGIN)
-  const end = text.indexOf(END)
-  if (start !== -1 && end > start) text = text.slice(0, start) + text.slice(end + END.length).replace(/^\n/, '')
-  if (text && !text.endsWith('\n')) text += '\n'
-  await fs.mkdir(path.dirname(file), { recursive: true })
-  await fs.writeFile(file, `${text}${BEGIN}\n${lines.join('\n')}\n${END}\n`)
 }
 
 /**

@@ -6,15 +6,16 @@ import path from 'node:path'
 import { atticConfigHome, checkPushPermission, fetchCacheConfig, fetchError, withSlash, writeClientConfig, writePrivate } from './attic.js'
 import type { JobProcess } from './attribution.js'
 import type { Config } from './config.js'
-import { ignoredSubstituter, publicKeyOf, userNixConf, writeNixConfBlock } from './nix.js'
+import { ignoredSubstituter, publicKeyOf } from './nix.js'
+import { jobNixConfig, shellExport, withJobNixConfig, type Substituter } from './nixconf.js'
 import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
 
 export interface Session {
   backend: 'attic' | 'nix'
   /** `endpoint`: the server that answered; `apiEndpoint`: where the client pushes (the server's `api_endpoint`). */
   attic?: { endpoint: string; apiEndpoint: string; cache: string; configHome: string }
-  /** The `nix copy --to` URL, with `secret-key=<file>` when signing. */
-  nix?: { url: string }
+  /** The `nix copy --to` URL, with `secret-key=<file>` when signing; `netrc`: its credentials' private file. */
+  nix?: { url: string; netrc?: string }
   /** The attic client binary; undefined until one exists (late bootstrap). */
   client?: string
   /** Paths signed by these keys are in the cache already (or upstream) and are not pushed. */
@@ -26,6 +27,8 @@ export interface Session {
   watchMaxAge: number
   /** Push processes at once (absent in a session.json from an older release: 1). */
   pushJobs?: number
+  /** What every Nix command of the job adds to NIX_CONFIG (lib/nixconf.ts): the cache as substituter. */
+  nixConfig?: string
   /** The job's shell (bootstrap's parent): while it lives, the watcher counts as company for other jobs' watchers. */
   job?: JobProcess
   strict: boolean
@@ -39,7 +42,7 @@ export type Prepared =
   | {
       ok: true
       session: Session
-      substituter?: { url: string; publicKeys: string[]; netrc?: string }
+      substituter?: Substituter
       /** Cache problems that do not stop the session (a token that cannot push): warnings, or errors in strict mode. */
       problems: string[]
       /** Facts worth a line in the job log (uploads go to another endpoint). */
@@ -165,35 +168,45 @@ async function prepareNix(config: Config, paths: StatePaths, common: Common, onP
   for (const key of ['secret-key', 'compression']) substituter.searchParams.delete(key)
   const session: Session = {
     backend: 'nix',
-    nix: { url: decodeURIComponent(url.href) },
+    nix: { url: decodeURIComponent(url.href), netrc: config.cacheCredentials && path.join(paths.secrets, 'netrc') },
     skipKeyNames: [...publicKeys.map((k) => k.split(':')[0]!), ...UPSTREAM_KEY_NAMES],
     ...common,
   }
   // user:password from the URL reach Nix through a private netrc (uploads and substitution), never argv.
-  let netrc: string | undefined
-  if (config.cacheCredentials) {
-    netrc = path.join(paths.secrets, 'netrc')
+  const netrc = session.nix!.netrc
+  if (config.cacheCredentials && netrc) {
     const { login, password } = config.cacheCredentials
     await writePrivate(netrc, `machine ${url.hostname} login ${login} password ${password}\n`)
   }
   return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys, netrc }, problems: [], notes: [] }
 }
 
-/** Make every later `nix` command of the job substitute from the cache (user nix.conf). */
-export async function configureSubstituter(sub: { url: string; publicKeys: string[]; netrc?: string }, env: NodeJS.ProcessEnv = process.env): Promise<string> {
-  const file = userNixConf(env)
-  const lines = [`extra-substituters = ${sub.url}`]
-  if (sub.publicKeys.length) lines.push(`extra-trusted-public-keys = ${sub.publicKeys.join(' ')}`)
-  if (sub.netrc) lines.push(`netrc-file = ${sub.netrc}`)
-  await writeNixConfBlock(file, lines)
-  return file
+/**
+ * Give the job's Nix commands the cache as substituter, for this job only: greedy-nix's own
+ * commands read it from the session; the job's shell gets it from <state>/env.sh, which exports
+ * NIX_CONFIG (the user's own, then ours). Returns what goes into the session.
+ */
+export async function configureJobNix(paths: StatePaths, sub: Substituter, env: NodeJS.ProcessEnv = process.env): Promise<string> {
+  const nixConfig = jobNixConfig(sub)
+  await fs.writeFile(paths.jobEnv, shellExport('NIX_CONFIG', withJobNixConfig(env, nixConfig).NIX_CONFIG!))
+  return nixConfig
 }
+
+/** The environment of `nix copy` to the cache: its credentials, and none of the job's other settings. */
+export function uploadEnv(session: Session, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
+  const netrc = session.nix?.netrc
+  return netrc ? { ...env, NIX_CONFIG: [env.NIX_CONFIG, `netrc-file = ${netrc}`].filter(Boolean).join('\n') } : env
+}
+
+/** The environment of a Nix command of this job: the cache as substituter, when a session has one. */
+export const jobEnv = (session: Pick<Session, 'nixConfig'> | undefined, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv =>
+  withJobNixConfig(env, session?.nixConfig)
 
 /**
  * Why Nix will not substitute from the cache although bootstrap configured it, with the fix: on
  * multi-user Nix a user the daemon does not trust cannot add substituters or keys.
  */
-export async function substituterProblem(sub: { url: string; publicKeys: string[] }, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
+export async function substituterProblem(sub: Substituter, env: NodeJS.ProcessEnv = process.env): Promise<string | undefined> {
   const warning = await ignoredSubstituter(sub.url, env)
   if (!warning) return undefined
   const user = env.USER ?? env.LOGNAME ?? 'the job user'
@@ -202,6 +215,7 @@ export async function substituterProblem(sub: { url: string; publicKeys: string[
     `the nix-daemon does not trust this user, so Nix will not substitute from the cache (Nix: “${warning.replace(/^warning:\s*/, '')}”); the next pipeline ` +
     `rebuilds what this one pushes. Fix, in the system nix.conf (/etc/nix/nix.conf), then restart nix-daemon: either\n` +
     `    extra-trusted-substituters = ${sub.url}${keys.replace('trusted-public-keys', 'extra-trusted-public-keys')}\n` +
+    `    narinfo-cache-negative-ttl = 0   (else the daemon trusts for an hour an earlier "not in the cache")\n` +
     `  or make the user trusted:\n    extra-trusted-users = ${user}\n  (pushing works either way)`
   )
 }

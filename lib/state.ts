@@ -31,6 +31,8 @@ export function statePaths(stateDir: string) {
     resultPaths: p('result-paths.txt'),
     /** Out-link to the attic client, a GC root while the job runs. */
     clientLink: p('attic-client'),
+    /** `export NIX_CONFIG=…`: `. <state>/env.sh` gives the job shell's own nix commands the cache (lib/nixconf.ts). */
+    jobEnv: p('env.sh'),
     /** Private (0600) files. */
     secrets: p('secrets'),
   }
@@ -122,6 +124,6 @@ export async function liveWatcherPid(paths: StatePaths): Promise<number | undefi
  */
 export async function clearJobState(paths: StatePaths): Promise<void> {
   if ((await liveWatcherPid(paths)) !== undefined) return
-  const stale = [paths.session, paths.status, paths.drainRequest, paths.build, paths.realised, paths.summary, paths.metrics, paths.pid]
+  const stale = [paths.session, paths.jobEnv, paths.status, paths.drainRequest, paths.build, paths.realised, paths.summary, paths.metrics, paths.pid]
   await Promise.all(stale.map((f) => fs.rm(f, { force: true })))
 }

@@ -8,7 +8,8 @@ import { jobProcess } from '../lib/attribution.js'
 import { startWatcher, takeOverStateDir } from '../lib/control.js'
 import { debug, info, section } from '../lib/log.js'
 import { CLIENT_HINT, getAtticClient } from '../lib/client.js'
-import { configureSubstituter, prepareSession, saveSession, substituterProblem, type Session } from '../lib/session.js'
+import { removeNixConfBlock, userNixConf } from '../lib/nixconf.js'
+import { configureJobNix, jobEnv, prepareSession, saveSession, substituterProblem, type Session } from '../lib/session.js'
 import { clearJobState, statePaths } from '../lib/state.js'
 
 export const bootstrapInfo: CommandInfo = {
@@ -28,6 +29,9 @@ export async function bootstrap(argv: string[]): Promise<number> {
   const earlier = await takeOverStateDir(paths)
   if (earlier !== undefined) info(`stopped the watcher an earlier job left running in ${paths.dir} (pid ${earlier})`)
   await clearJobState(paths).catch(() => {}) // a folder we cannot clean is reported when we write to it
+  // greedy-nix 0.1.0 configured Nix in the user's nix.conf and left it there for every later job.
+  const conf = userNixConf()
+  if (await removeNixConfBlock(conf).catch(() => false)) info(`removed the cache settings an earlier job left in ${conf}`)
   if (config.backend === 'none') {
     info('no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL): building without a cache')
     return 0
@@ -47,13 +51,13 @@ export async function bootstrap(argv: string[]): Promise<number> {
   for (const problem of prepared.problems) if (cacheProblem(config.strict, problem) !== 0) return 1
 
   if (prepared.substituter) {
-    const file = await configureSubstituter(prepared.substituter)
-    const ignored = await substituterProblem(prepared.substituter)
-    if (!ignored) info(`Nix substitutes from ${prepared.substituter.url} (${file})`)
+    session.nixConfig = await configureJobNix(paths, prepared.substituter)
+    const ignored = await substituterProblem(prepared.substituter, jobEnv(session))
+    if (!ignored) info(`this job's Nix substitutes from ${prepared.substituter.url} (greedy-nix build; your own nix commands after \`. ${paths.jobEnv}\`)`)
     else if (cacheProblem(config.strict, ignored) !== 0) return 1
   }
   if (session.backend === 'attic') {
-    const found = await getAtticClient({ installable: config.client, outLink: paths.clientLink, cwd: process.cwd(), which, debug })
+    const found = await getAtticClient({ installable: config.client, outLink: paths.clientLink, cwd: process.cwd(), which, debug, env: jobEnv(session) })
     session.client = found.client
     if (found.client !== undefined) info(`attic client from ${found.from}`)
     else if (found.awaited) info(`no attic client yet (${found.why}): new paths are recorded and pushed as soon as the build realises ${found.awaited}`)

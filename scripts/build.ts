@@ -10,6 +10,7 @@ import { error, info, raw, section, sectionsEnabled, warn } from '../lib/log.js'
 import { recordRealised } from '../lib/attribution.js'
 import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
 import type { NixLogEvent } from '../lib/nixlog.js'
+import { jobEnv, loadSession } from '../lib/session.js'
 import { statePaths } from '../lib/state.js'
 import { recordBuild } from '../lib/summary.js'
 
@@ -48,8 +49,9 @@ export async function build(argv: string[]): Promise<number> {
   process.once('SIGINT', onSignal)
 
   const paths = statePaths(config.stateDir)
+  const session = await loadSession(paths)
   const onEvent = (ev: NixLogEvent) => recordRealised(paths.realised, ev) // tells our watcher what is ours
-  const result = await section('build', `nix build ${args.join(' ')}`, () => nixBuild({ args, onLine: raw, onEvent, signal: abort.signal }))
+  const result = await section('build', `nix build ${args.join(' ')}`, () => nixBuild({ args, onLine: raw, onEvent, signal: abort.signal, env: jobEnv(session) }))
   if (sectionsEnabled()) result.errors.forEach(raw) // the section is collapsed: errors stay in sight
   info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
   const budget = signalled ? Math.min(config.drainTimeout, CANCEL_BUDGET_S) : config.drainTimeout

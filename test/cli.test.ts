@@ -42,6 +42,30 @@ describe('without a cache', () => {
   })
 })
 
+describe("the runner's nix.conf: a job leaves it as it found it", () => {
+  // greedy-nix 0.1.0 wrote this block into the user's nix.conf and never took it out: every later job on a
+  // shell runner, of any project, kept substituting from that cache and trusting its key.
+  const userLines = 'max-jobs = 3\n'
+  const stale = '# greedy-nix begin\nextra-substituters = http://127.0.0.1:9/other-project\nextra-trusted-public-keys = other:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=\n# greedy-nix end\n'
+
+  it.each([
+    ['no cache configured', {}],
+    ['a file:// cache', { GREEDY_CACHE_URL: 'file:///tmp/greedy-unused-cache' }],
+  ])('%s: bootstrap removes the block an earlier job left, keeps the user\'s lines, and no phase writes there', async (_name, extra) => {
+    const j = job(extra)
+    const conf = path.join(j.env.XDG_CONFIG_HOME!, 'nix', 'nix.conf')
+    fs.mkdirSync(path.dirname(conf), { recursive: true })
+    fs.writeFileSync(conf, userLines + stale)
+    writeFlake(j.project, { prefix: `conf-${uid()}`, chain: 1 })
+    const boot = await greedy(j.env, j.project, 'bootstrap')
+    expect(boot.code).toBe(0)
+    expect(boot.out).toContain(`removed the cache settings an earlier job left in ${conf}`)
+    expect(fs.readFileSync(conf, 'utf8')).toBe(userLines)
+    for (const phase of ['build', 'push']) expect((await greedy(j.env, j.project, phase)).code).toBe(0)
+    expect(fs.readFileSync(conf, 'utf8')).toBe(userLines)
+  })
+})
+
 describe('on Nix as the nixos/nix image ships it (no experimental feature enabled)', () => {
   it('plain `nix build` of a flake is refused there; every greedy-nix phase works and caches', async () => {
     const cache = path.join(tmpDir('greedy-image-'), 'cache')

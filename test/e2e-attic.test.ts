@@ -100,6 +100,40 @@ describe('ATTIC_SERVER end to end (attic client test double)', () => {
     expect((await greedy(b.env, b.project, 'push')).code).toBe(0)
   })
 
+  it("pipeline B on the runner pipeline A ran on (its HOME kept): substitutes what A pushed, though A's lookups left \"not in the cache\" in Nix's disk cache", async () => {
+    // Nix remembers a missing narinfo for narinfo-cache-negative-ttl (3600 s) in ~/.cache/nix
+    // (nar-info-disk-cache.cc; HTTP caches only, http-binary-cache-store.cc), and A's build asked
+    // the cache for every path before building it. The attic client's uploads do not refresh it.
+    const t = await setup('attichome', { clientOnPath: true })
+    const a = t.job('a')
+    writeFlake(a.project, { prefix: t.prefix, chain: 4 })
+    const links = chainPaths(a.env, a.project, 4)
+    const userConf = path.join(a.env.XDG_CONFIG_HOME!, 'nix', 'nix.conf')
+    for (const phase of ['bootstrap', 'build', 'push']) expect((await greedy(a.env, a.project, phase)).code).toBe(0)
+    expect(links.map((p) => inFileCache(t.server.cacheDir, p))).toEqual([true, true, true, true])
+    expect(fs.existsSync(userConf)).toBe(false) // nothing of the job outlives it in the runner's config
+
+    // Pipeline B: the same runner (HOME, project folder); the store lost the paths.
+    fs.rmSync(path.join(a.project, 'result'))
+    deleteFromStore(a.env, [...links].reverse())
+    expect((await greedy(a.env, a.project, 'bootstrap')).code).toBe(0)
+    // Nix as it is, without the job's setting: it trusts A's "not there" and would build (refused by --max-jobs 0).
+    const shell = (cmd: string) => runCmd('sh', ['-c', `. .greedy-nix/env.sh && ${cmd}`], { env: a.env, cwd: a.project })
+    const stale = await shell(`nix ${nixArgs('build', '--no-link', '--max-jobs', '0', '--option', 'narinfo-cache-negative-ttl', '3600').map((x) => `'${x}'`).join(' ')}`)
+    expect(stale.code, stale.out).not.toBe(0)
+    const built = await greedy(a.env, a.project, 'build')
+    expect(built.code, built.out).toBe(0)
+    expect(built.out).toContain('0 built, 4 substituted')
+    // The job's own nix commands get the same settings from .greedy-nix/env.sh.
+    fs.rmSync(path.join(a.project, 'result'))
+    deleteFromStore(a.env, [...links].reverse())
+    const own = await shell(`nix ${nixArgs('build', '--no-link', '--max-jobs', '0').map((x) => `'${x}'`).join(' ')}`)
+    expect(own.code, own.out).toBe(0)
+    expect(own.out).toContain(`copying path '${links[3]}' from '${t.server.url}/main'`)
+    expect((await greedy(a.env, a.project, 'push')).code).toBe(0)
+    expect(fs.existsSync(userConf)).toBe(false)
+  })
+
   it('a client from before push --stdin (2024-10) pushes during the build as well: no option of ours needs a newer one', async () => {
     const t = await setup('atticold', { clientOnPath: true, env: { ATTIC_DOUBLE_NO_STDIN: '1' } })
     const a = t.job('a')

@@ -104,13 +104,13 @@ describe('multi-user Nix: the job as an unprivileged user through a nix-daemon',
     own(a.home) // after the evaluation above: everything under the job's home is the job user's
     const boot = await asUser(a.env, a.project, 'bootstrap')
     expect(boot.code).toBe(0)
-    // The URL as Nix knows it: bootstrap wrote it to the user's nix.conf with a trailing slash.
+    // The URL as Nix knows it: bootstrap gives it to the job's Nix (NIX_CONFIG) with a trailing slash.
     const subUrl = `${http.url}/`
     expect(boot.out).toContain(`ignoring untrusted substituter '${subUrl}'`)
     expect(boot.out).toContain(`extra-trusted-substituters = ${subUrl}`)
     expect(boot.out).toContain(`extra-trusted-public-keys = ${pub}`)
     expect(boot.out).toContain(`extra-trusted-users = ${USER}`)
-    expect(boot.out).not.toContain('Nix substitutes from')
+    expect(boot.out).not.toContain("this job's Nix substitutes from")
     // Strict mode makes a cache that will never be read a failure.
     const strictBoot = await asUser({ ...a.env, GREEDY_STRICT: '1' }, a.project, 'bootstrap')
     expect(strictBoot.code).toBe(1)
@@ -134,7 +134,7 @@ describe('multi-user Nix: the job as an unprivileged user through a nix-daemon',
     const bootB = await asUser(b.env, b.project, 'bootstrap')
     expect(bootB.code).toBe(0)
     expect(bootB.out).not.toContain('ignoring untrusted substituter')
-    expect(bootB.out).toContain(`Nix substitutes from ${subUrl}`)
+    expect(bootB.out).toContain(`this job's Nix substitutes from ${subUrl}`) // NIX_CONFIG reaches the daemon as a user nix.conf would
     const rebuilt = await asUser(b.env, b.project, 'build')
     expect(rebuilt.code).toBe(0)
     for (const p of links.slice(0, 3)) expect(rebuilt.out).toContain(`copying path '${p}' from '${http.url}'`)
