@@ -617,11 +617,11 @@ async function prune(): Promise<Section> {
       spawnSync('sync')
       const env = { PATH: process.env.PATH, HOME: template, GREEDY_CACHE_URL: `file://${cache}` }
       // What every push with a budget pays on a cache under it: the scan, and the index rewritten.
-      const [u, tu] = await timed(() => runCmd(process.execPath, [GREEDY, 'prune', '--max-size', String(size * 2)], { env, cwd: template }))
+      const [u, tu] = await timed(() => runCmd(process.execPath, [GREEDY, 'prune', '--cache-max-size', String(size * 2)], { env, cwd: template }))
       under.push(tu)
       must(u, 'prune under budget')
       // Over budget, keeping one job's result (a chain of 10) as push does.
-      const [o, to] = await timed(() => runCmd(process.execPath, [GREEDY, 'prune', '--max-size', String(budget), `/nix/store/${names[COUNT - 1]}`], { env, cwd: template }))
+      const [o, to] = await timed(() => runCmd(process.execPath, [GREEDY, 'prune', '--cache-max-size', String(budget), `/nix/store/${names[COUNT - 1]}`], { env, cwd: template }))
       over.push(to)
       evicted = Number(/evicting (\d+) path/.exec(must(o, 'prune').out)?.[1] ?? NaN)
       fs.rmSync(cache, { recursive: true, force: true })

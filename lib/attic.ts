@@ -58,7 +58,8 @@ export interface CacheConfig {
 
 export type ProbeResult =
   | { ok: true; endpoint: string; cache: CacheConfig }
-  | { ok: false; endpoint: string; reason: string }
+  /** `kind`: the name of attic's error when the server answered with one (`Unauthorized`, `NoSuchCache`, …). */
+  | { ok: false; endpoint: string; reason: string; answered: boolean; kind?: string }
 
 const authHeaders = (token: string | undefined): Record<string, string> => (token ? { authorization: `Bearer ${token}` } : {})
 
@@ -67,7 +68,10 @@ export async function fetchCacheConfig(endpoint: string, cache: string, token: s
   const url = apiUrl(endpoint, `_api/v1/cache-config/${encodeURIComponent(cache)}`)
   try {
     const res = await fetch(url, { headers: authHeaders(token), signal: AbortSignal.timeout(timeoutMs) })
-    if (!res.ok) return { ok: false, endpoint, reason: await apiError(res) }
+    if (!res.ok) {
+      const reason = await apiError(res)
+      return { ok: false, endpoint, reason, answered: true, kind: /^([A-Za-z]+): /.exec(reason)?.[1] }
+    }
     const body = (await res.json()) as Record<string, unknown>
     const str = (v: unknown) => (typeof v === 'string' && v !== '' ? v : undefined)
     return {
@@ -82,7 +86,7 @@ export async function fetchCacheConfig(endpoint: string, cache: string, token: s
       },
     }
   } catch (err) {
-    return { ok: false, endpoint, reason: requestFailure(err, timeoutMs) }
+    return { ok: false, endpoint, reason: requestFailure(err, timeoutMs), answered: false }
   }
 }
 

@@ -1,7 +1,9 @@
 // What every command shares at its edge: --help/--version, config loading with the non-blocking
 // rule applied, and exit codes.
-import { configHelp, parseConfig, type Config, type Flags } from './config.js'
-import { configureLog, error, warn } from './log.js'
+import { readFile } from 'node:fs/promises'
+import { parseArgs } from 'node:util'
+import { parseConfig, settingsHelp, VARIABLES, wrap, type Config, type Flags, type Variable } from './config.js'
+import { closest, configureLog, error, warn } from './log.js'
 
 declare const __GREEDY_VERSION__: string | undefined
 export const VERSION: string = typeof __GREEDY_VERSION__ === 'string' ? __GREEDY_VERSION__ : '0.0.0-dev'
@@ -10,38 +12,121 @@ export const VERSION: string = typeof __GREEDY_VERSION__ === 'string' ? __GREEDY
 export const EXIT_NOT_RUNNING = 3
 
 export interface CommandInfo {
+  /** The command's name: `greedy-nix <name>`. */
+  name: string
   usage: string
   about: string
-  /** Extra options and notes, one per line. */
-  details?: string
+  /** Options of the command itself (the settings' flags come from `settings`). */
+  options?: Record<string, { type: 'string' | 'boolean'; doc: string }>
+  /** The settings the command reads; their flags are its options too. */
+  settings: readonly Variable[]
+  /** What `--` hands the rest of the line to, if anything (build: nix build). */
+  passThrough?: string
+  /** At most this many arguments besides options (default: any). */
+  positionals?: number
 }
+
+/** Options every command takes. `--verbose` is the older name of `--debug`. */
+const COMMON = { help: 'boolean', h: 'boolean', version: 'boolean', verbose: 'boolean' } as const
 
 export function helpText(cmd: CommandInfo): string {
-  return [`Usage: ${cmd.usage}`, '', cmd.about, cmd.details ? `\n${cmd.details}` : '', '', configHelp(), '', 'Common options: --help, --version, --verbose'].join('\n')
+  const own = Object.entries(cmd.options ?? {}).map(([name, o]) => `  --${name}${o.type === 'string' ? ' X' : ''}`.padEnd(24) + wrap(o.doc, 76).join(`\n${' '.repeat(24)}`))
+  return [
+    `Usage: ${cmd.usage}`,
+    '',
+    cmd.about,
+    ...(own.length ? ['', 'Options:', ...own] : []),
+    '',
+    'Settings (environment variables; a flag wins over its variable):',
+    settingsHelp(cmd.settings),
+    '',
+    "Every option: --help, --version. All settings: greedy-nix help config",
+  ].join('\n')
 }
 
-/** Handles --help and --version; returns true when the command should stop there. */
-export function handledInfoFlags(flags: Flags, cmd: CommandInfo): boolean {
-  if (flags.help || flags.h) {
-    process.stdout.write(helpText(cmd) + '\n')
-    return true
-  }
-  if (flags.version) {
-    process.stdout.write(`greedy-nix ${VERSION}\n`)
-    return true
-  }
-  if (flags.verbose) configureLog({ debug: true })
-  return false
+export interface ParsedCommand {
+  flags: Flags
+  positionals: string[]
+  /** What followed `--`. */
+  rest: string[]
 }
 
 /**
- * Parse the config. Invalid values are named in warnings and the cache is disabled for this run
- * (non-strict), or they are errors (strict: `ok` is false and the caller exits 1).
+ * The command line, strictly: an option the command does not know is named, never dropped and
+ * never given the next word as its value (minimist took `--dry-run .#a` as a flag with the value
+ * `.#a`). Returns the message instead when the line is wrong.
  */
-export function loadConfig(flags: Flags, env: NodeJS.ProcessEnv = process.env): { config: Config; ok: boolean } {
-  const { config, errors } = parseConfig(env, flags)
+export function parseCommand(cmd: CommandInfo, argv: readonly string[]): ParsedCommand | { error: string } {
+  const options: Record<string, { type: 'string' | 'boolean' }> = {}
+  for (const [name, type] of Object.entries(COMMON)) options[name] = { type }
+  for (const v of cmd.settings) {
+    const flag = VARIABLES[v].flag
+    if (flag) options[flag] = { type: v === 'GREEDY_STRICT' || v === 'GREEDY_DEBUG' ? 'boolean' : 'string' }
+  }
+  for (const [name, o] of Object.entries(cmd.options ?? {})) options[name] = { type: o.type }
+  const dashdash = argv.indexOf('--')
+  const ours = dashdash === -1 ? argv : argv.slice(0, dashdash)
+  const rest = dashdash === -1 ? [] : argv.slice(dashdash + 1)
+  try {
+    const { values, positionals } = parseArgs({ args: [...ours], options, allowPositionals: true, strict: true })
+    const extra = positionals[cmd.positionals ?? Infinity]
+    if (extra !== undefined) return { error: `greedy-nix ${cmd.name}: unexpected argument ${JSON.stringify(extra)}` }
+    if (!cmd.passThrough && dashdash !== -1) return { error: `greedy-nix ${cmd.name}: nothing goes after --` }
+    return { flags: values, positionals, rest }
+  } catch (err) {
+    const e = err as Error & { code?: string }
+    const unknown = /Unknown option '([^']+)'/.exec(e.message)?.[1]
+    if (e.code === 'ERR_PARSE_ARGS_UNKNOWN_OPTION' && unknown) {
+      const names = Object.keys(options).filter((o) => o.length > 1)
+      const guess = closest(unknown.replace(/^-+/, '').split('=')[0]!, names)
+      const hint = guess ? `did you mean --${guess}?` : `it takes ${names.map((o) => `--${o}`).join(', ')}`
+      const nix = cmd.passThrough ? `; ${cmd.passThrough}'s own options go after --, e.g. greedy-nix ${cmd.name} .#default -- ${unknown}` : ''
+      return { error: `greedy-nix ${cmd.name}: unknown option ${unknown} (${hint})${nix}` }
+    }
+    const missing = /Option '([^' ]+)[^']*' argument (?:missing|is ambiguous)/.exec(e.message)?.[1]
+    if (missing) return { error: `greedy-nix ${cmd.name}: ${missing} needs a value (${missing} X, or ${missing}=X)` }
+    return { error: `greedy-nix ${cmd.name}: ${e.message.split('\n')[0]}` }
+  }
+}
+
+/**
+ * The command line of `cmd`, or undefined after it printed what was asked (--help, --version)
+ * or what is wrong with the line (exit code in `code`).
+ */
+export function parseCommandLine(cmd: CommandInfo, argv: readonly string[]): ParsedCommand | { code: number } {
+  const parsed = parseCommand(cmd, argv)
+  if ('error' in parsed) {
+    error(`${parsed.error}; see greedy-nix ${cmd.name} --help`)
+    return { code: EXIT_USAGE }
+  }
+  const { flags } = parsed
+  if (flags.help || flags.h) {
+    process.stdout.write(helpText(cmd) + '\n')
+    return { code: 0 }
+  }
+  if (flags.version) {
+    process.stdout.write(`greedy-nix ${VERSION}\n`)
+    return { code: 0 }
+  }
+  if (flags.verbose || flags.debug) configureLog({ debug: true })
+  return parsed
+}
+
+/** A command line greedy-nix cannot follow (an unknown option, a missing value). */
+export const EXIT_USAGE = 2
+
+/**
+ * Parse the config. A bad tuning value is named and its default used; a bad cache setting is
+ * named and the cache is off for this run (non-strict), or either is an error (strict: `ok` is
+ * false and the caller exits 1). `invalid`: a cache setting was bad, so "no cache" is not the
+ * user's choice.
+ */
+export function loadConfig(flags: Flags, env: NodeJS.ProcessEnv = process.env): { config: Config; ok: boolean; invalid: boolean } {
+  const { config, errors, warnings } = parseConfig(env, flags)
+  if (config.debug) configureLog({ debug: true })
+  for (const w of warnings) (config.strict ? error : warn)(w)
   for (const e of errors) (config.strict ? error : warn)(`${e}${config.strict ? '' : '; continuing without the cache'}`)
-  return { config, ok: !(config.strict && errors.length > 0) }
+  return { config, ok: !(config.strict && errors.length + warnings.length > 0), invalid: errors.length > 0 }
 }
 
 /** A cache problem: a warning and exit 0, or in strict mode an error and exit 1. */
@@ -50,7 +135,7 @@ export function cacheProblem(strict: boolean, msg: string): number {
     error(`${msg} (GREEDY_STRICT is on)`)
     return 1
   }
-  warn(`${msg} (the job goes on; set GREEDY_STRICT=1 to fail instead)`)
+  warn(`${msg} (the job goes on; set GREEDY_STRICT=true to fail instead)`)
   return 0
 }
 
@@ -94,4 +179,31 @@ export function parseInstallables(text: string): string[] | undefined {
     if (!t.endsWith(']')) return undefined
     return t.slice(1, -1).split(',').map((x) => x.trim().replace(/^(["'])(.*)\1$/, '$2')).filter(Boolean)
   }
+}
+
+/**
+ * build's installables: its arguments, then `--installables`, then `--installables-file` (a
+ * file has no length limit: one argument of more than 128 KiB is refused by Linux, E2BIG).
+ */
+export async function installablesOf(line: ParsedCommand): Promise<{ list: string[] } | { error: string }> {
+  const list = [...line.positionals]
+  const given = line.flags.installables
+  if (typeof given === 'string') {
+    const parsed = parseInstallables(given)
+    if (!parsed) return { error: `--installables: ${JSON.stringify(given.slice(0, 200))} is not a list of installables (expected a JSON array, [a, b], or words)` }
+    list.push(...parsed)
+  }
+  const file = line.flags['installables-file']
+  if (typeof file === 'string') {
+    let text: string
+    try {
+      text = await readFile(file, 'utf8')
+    } catch (err) {
+      return { error: `--installables-file: cannot read ${JSON.stringify(file)} (${(err as NodeJS.ErrnoException).code ?? (err as Error).message})` }
+    }
+    const parsed = parseInstallables(text)
+    if (!parsed) return { error: `--installables-file: ${JSON.stringify(file)} is not a list of installables (expected one per line, or a JSON array)` }
+    list.push(...parsed)
+  }
+  return { list }
 }

@@ -23,12 +23,14 @@ export async function getAtticClient(opts: {
   installable?: string
   outLink: string
   cwd: string
-  which: (cmd: string) => Promise<string | undefined>
+  /** Finds a command on PATH (default: zx's which, loaded only when asked). */
+  which?: (cmd: string) => Promise<string | undefined>
   debug: (msg: string) => void
   /** The job's Nix environment: the cache as substituter (lib/nixconf.ts). */
   env?: NodeJS.ProcessEnv
 }): Promise<ClientFound> {
   const { installable, outLink, cwd } = opts
+  const which = opts.which ?? commandOnPath
   const bin = (link: string) => path.join(link, 'bin', 'attic')
   const fromCache = async (inst: string, extra: string[] = []) => {
     const r = await substituteOnly(inst, outLink, extra, { env: opts.env })
@@ -38,7 +40,7 @@ export async function getAtticClient(opts: {
 
   if (installable) {
     if ((await fromCache(installable)).code === 0) return { client: bin(outLink), from: `the cache: ${installable}` }
-    const onPath = await opts.which('attic')
+    const onPath = await which('attic')
     if (onPath) return { client: onPath, from: `PATH: ${onPath}` }
     return { client: undefined, why: `${installable} is not cached`, awaited: installable }
   }
@@ -50,7 +52,7 @@ export async function getAtticClient(opts: {
     if (r.code === 0) return { client: bin(outLink), from: 'the cache: .#attic-client' }
     projectClient = !NO_ATTRIBUTE.test(r.stderr)
   }
-  const onPath = await opts.which('attic')
+  const onPath = await which('attic')
   if (onPath) return { client: onPath, from: `PATH: ${onPath}` }
   if (projectClient) return { client: undefined, why: '.#attic-client is not cached', awaited: '.#attic-client' }
 
@@ -77,4 +79,10 @@ export async function hasNixpkgsInput(cwd: string): Promise<boolean> {
   } catch {
     return false
   }
+}
+
+/** A command on PATH; zx's core is loaded only for this fallback, not at start-up. */
+async function commandOnPath(cmd: string): Promise<string | undefined> {
+  const { which } = await import('zx/core')
+  return (await which(cmd, { nothrow: true })) ?? undefined
 }

@@ -67,28 +67,36 @@ export interface Config {
    * turn a green build red; on for pipelines whose point is to populate the cache.
    */
   strict: boolean
+  /** Debug output (GREEDY_DEBUG, --debug). */
+  debug: boolean
 }
 
-/** Configuration variables, with the flag that overrides each. Secrets have no flag: argv is visible in `ps`. */
+/**
+ * Configuration variables, with the flag that overrides each (secrets have none: argv is visible
+ * in `ps`). `cache`: where and how to reach the cache; a bad value turns the cache off for the
+ * job, since a guess could push to the wrong place. `tuning`: a bad value falls back to its
+ * default, with a warning, and the cache stays on.
+ */
 export const VARIABLES = {
-  ATTIC_SERVER: { flag: 'attic-server', doc: 'attic server URL, or several candidates separated by spaces or commas; the first reachable one is used' },
-  ATTIC_CACHE: { flag: 'attic-cache', doc: 'attic cache name (default: main)' },
-  ATTIC_TOKEN: { flag: undefined, doc: 'attic token (secret: environment only)' },
-  ATTIC_TOKEN_FILE: { flag: 'attic-token-file', doc: 'file holding the attic token' },
-  GREEDY_CACHE_URL: { flag: 'cache-url', doc: 'a Nix store URL to push to with nix copy (file://, http(s)://, s3://, ssh://, ssh-ng://), instead of attic' },
-  GREEDY_SIGNING_KEY: { flag: undefined, doc: 'secret key that signs paths pushed to GREEDY_CACHE_URL (secret: environment only)' },
-  GREEDY_SIGNING_KEY_FILE: { flag: 'signing-key-file', doc: 'file holding that secret key' },
-  GREEDY_TRUSTED_PUBLIC_KEYS: { flag: 'trusted-public-keys', doc: 'public keys of GREEDY_CACHE_URL for substitution (default: derived from the signing key)' },
-  GREEDY_CLIENT: { flag: 'client', doc: 'installable that provides bin/attic (default: .#attic-client if the flake has it, else attic on PATH, else nixpkgs#attic-client)' },
-  GREEDY_STATE_DIR: { flag: 'state-dir', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
-  GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', doc: 'seconds to wait for pending pushes (default: 120)' },
-  GREEDY_WATCH_MAX_AGE: { flag: 'watch-max-age', doc: 'seconds after which a watcher ends itself (default: 2678400, 31 days, above GitLab\'s longest job timeout)' },
-  GREEDY_PUSH_JOBS: { flag: 'push-jobs', doc: 'push processes at once (default: 1 for file://, 16 for other store URLs, 2 for attic)' },
-  GREEDY_CACHE_MAX_SIZE: { flag: 'max-size', doc: 'size budget of a file:// GREEDY_CACHE_URL (500M, 2G, 1.5GiB or bytes; K/M/G/T are powers of 1024, KB/MB/GB/TB of 1000): push evicts the least recently used paths beyond it' },
-  GREEDY_INCLUDE: { flag: 'include', doc: 'push only store paths matching this regular expression' },
-  GREEDY_EXCLUDE: { flag: 'exclude', doc: 'do not push store paths matching this regular expression on their own (closures of other paths still carry them)' },
-  GREEDY_STRICT: { flag: 'strict', doc: '1: cache problems fail the job (default: 0, they only warn)' },
-} as const
+  ATTIC_SERVER: { flag: 'attic-server', kind: 'cache', doc: 'attic server URL, or several separated by spaces or commas: the first that answers is used' },
+  ATTIC_CACHE: { flag: 'attic-cache', kind: 'cache', doc: 'attic cache name (default: main)' },
+  ATTIC_TOKEN: { flag: undefined, kind: 'cache', doc: 'attic token that may pull and push (secret: environment only)' },
+  ATTIC_TOKEN_FILE: { flag: 'attic-token-file', kind: 'cache', doc: 'file holding the attic token' },
+  GREEDY_CACHE_URL: { flag: 'cache-url', kind: 'cache', doc: 'a Nix store URL to push to instead of attic: file://, http(s)://, s3://, ssh://, ssh-ng://' },
+  GREEDY_SIGNING_KEY: { flag: undefined, kind: 'cache', doc: 'secret key that signs what goes to GREEDY_CACHE_URL (secret: environment only)' },
+  GREEDY_SIGNING_KEY_FILE: { flag: 'signing-key-file', kind: 'cache', doc: 'file holding that secret key' },
+  GREEDY_TRUSTED_PUBLIC_KEYS: { flag: 'trusted-public-keys', kind: 'cache', doc: "public keys of GREEDY_CACHE_URL (default: the signing key's)" },
+  GREEDY_CLIENT: { flag: 'client', kind: 'cache', doc: 'installable with bin/attic (default: .#attic-client, attic on PATH, nixpkgs#attic-client)' },
+  GREEDY_STATE_DIR: { flag: 'state-dir', kind: 'tuning', doc: 'state folder (default: $CI_PROJECT_DIR/.greedy-nix, else ./.greedy-nix)' },
+  GREEDY_DRAIN_TIMEOUT: { flag: 'drain-timeout', kind: 'tuning', doc: 'seconds build and push wait for pending uploads (default: 120)' },
+  GREEDY_WATCH_MAX_AGE: { flag: 'watch-max-age', kind: 'tuning', doc: 'seconds after which a watcher ends itself (default: 2678400, 31 days)' },
+  GREEDY_PUSH_JOBS: { flag: 'push-jobs', kind: 'tuning', doc: 'uploads at once, 1-64 (default: 1 for file://, 16 other store URLs, 2 attic)' },
+  GREEDY_CACHE_MAX_SIZE: { flag: 'cache-max-size', kind: 'tuning', doc: 'size budget of a file:// cache, e.g. 500M, 2G, 1.5GiB (default: none)' },
+  GREEDY_INCLUDE: { flag: 'include', kind: 'tuning', doc: 'push only store paths matching this regular expression' },
+  GREEDY_EXCLUDE: { flag: 'exclude', kind: 'tuning', doc: "push no store path matching this regular expression (closures still carry them)" },
+  GREEDY_STRICT: { flag: 'strict', kind: 'tuning', doc: 'true: cache problems fail the job (default: false, they only warn; 1/0 work too)' },
+  GREEDY_DEBUG: { flag: 'debug', kind: 'tuning', doc: 'true: debug output (default: false; --verbose works too)' },
+} as const satisfies Record<string, { flag: string | undefined; kind: 'cache' | 'tuning'; doc: string }>
 
 export type Variable = keyof typeof VARIABLES
 
@@ -121,6 +129,10 @@ const regex = z.pipe(
   }),
 )
 const list = z.transform((s: string) => s.split(/[\s,]+/).filter(Boolean))
+const yesNo = z.pipe(
+  trim(z.regex(/^(0|1|true|false|yes|no|on|off)$/i, { error: 'expected true or false (1/0, yes/no, on/off)' })),
+  z.transform((s: string) => /^(1|true|yes|on)$/i.test(s)),
+)
 
 /** One schema per variable; each takes the raw string (already known to be non-empty). */
 const PARSERS = {
@@ -171,30 +183,43 @@ const PARSERS = {
   ),
   GREEDY_INCLUDE: regex,
   GREEDY_EXCLUDE: regex,
-  GREEDY_STRICT: z.pipe(
-    trim(z.regex(/^(0|1|true|false|yes|no|on|off)$/i, { error: 'expected 1 or 0 (true/false, yes/no)' })),
-    z.transform((s: string) => /^(1|true|yes|on)$/i.test(s)),
-  ),
+  GREEDY_STRICT: yesNo,
+  GREEDY_DEBUG: yesNo,
 } satisfies Record<Variable, z.ZodMiniType>
+
+/** What a tuning setting falls back to when its value is bad. */
+const FALLBACK: { [K in Variable]?: string } = {
+  GREEDY_DRAIN_TIMEOUT: 'the default, 120',
+  GREEDY_WATCH_MAX_AGE: 'the default, 2678400',
+  GREEDY_PUSH_JOBS: "the cache's default",
+  GREEDY_CACHE_MAX_SIZE: 'no budget',
+  GREEDY_INCLUDE: 'every path',
+  GREEDY_EXCLUDE: 'none excluded',
+  GREEDY_STRICT: 'false',
+  GREEDY_DEBUG: 'false',
+}
 
 // Secrets are never echoed back in error messages.
 const SECRET: ReadonlySet<Variable> = new Set(['ATTIC_TOKEN', 'GREEDY_SIGNING_KEY'])
 
 export interface ConfigResult {
   config: Config
-  /** One line per bad variable, naming it and what was expected. When non-empty, backend is 'none'. */
+  /** One line per bad cache setting, naming it and what was expected. When non-empty, backend is 'none'. */
   errors: string[]
+  /** One line per bad tuning setting, naming it, what was expected and the default used instead. */
+  warnings: string[]
 }
 
-/** Flags as parsed by minimist: `--cache-url X` arrives as { 'cache-url': 'X' }. */
+/** Flags as parsed at the edge (lib/cli.ts): `--cache-url X` arrives as { 'cache-url': 'X' }. */
 export type Flags = Record<string, unknown>
 
 export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = process.cwd()): ConfigResult {
   const errors: string[] = []
+  const warnings: string[] = []
   const values: { [K in Variable]?: z.output<(typeof PARSERS)[K]> } = {}
   for (const name of Object.keys(VARIABLES) as Variable[]) {
     const flag = VARIABLES[name].flag
-    // minimist reports an absent boolean flag as false: only a flag actually given overrides the env.
+    // An absent boolean flag may arrive as false: only a flag actually given overrides the env.
     const fromFlag = flag === undefined || flags[flag] === false ? undefined : flags[flag]
     const rawValue = fromFlag !== undefined ? flagString(fromFlag) : env[name]
     if (rawValue === undefined || rawValue.trim() === '') continue
@@ -204,7 +229,9 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     } else {
       const shown = SECRET.has(name) ? '' : ` ${JSON.stringify(redactUrls(rawValue))}`
       const source = fromFlag !== undefined ? `--${flag}` : name
-      errors.push(`${source}:${shown} ${parsed.error.issues[0]?.message ?? 'invalid'}`)
+      const line = `${source}:${shown} ${parsed.error.issues[0]?.message ?? 'invalid'}`
+      if (VARIABLES[name].kind === 'cache') errors.push(line)
+      else warnings.push(`${line}; using ${FALLBACK[name] ?? 'the default'}`)
     }
   }
   if (values.ATTIC_TOKEN !== undefined && values.ATTIC_TOKEN_FILE !== undefined) {
@@ -239,8 +266,9 @@ export function parseConfig(env: NodeJS.ProcessEnv, flags: Flags = {}, cwd = pro
     include: values.GREEDY_INCLUDE,
     exclude: values.GREEDY_EXCLUDE,
     strict: values.GREEDY_STRICT ?? false,
+    debug: values.GREEDY_DEBUG ?? false,
   }
-  return { config, errors }
+  return { config, errors, warnings }
 }
 
 function flagString(v: unknown): string {
@@ -267,11 +295,25 @@ function safeUrl(s: string): URL | undefined {
   }
 }
 
-/** The flags every command accepts, for --help texts. */
-export function configHelp(): string {
-  const rows = Object.entries(VARIABLES).map(([name, v]) => {
-    const left = v.flag ? `${name} (--${v.flag})` : name
-    return `  ${left.padEnd(44)} ${v.doc}`
-  })
-  return `Configuration (environment; the flag overrides it):\n${rows.join('\n')}\n  GREEDY_DEBUG=1${' '.repeat(31)}debug output`
+/**
+ * The settings `names` as --help shows them, within `width` columns: the variable and its flag,
+ * then what it means, wrapped under itself.
+ */
+export function settingsHelp(names: readonly Variable[], width = 100): string {
+  const left = (n: Variable) => (VARIABLES[n].flag ? `${n} --${VARIABLES[n].flag}` : n)
+  const col = Math.max(...names.map((n) => left(n).length)) + 4
+  return names.map((n) => `  ${left(n).padEnd(col - 2)}${wrap(VARIABLES[n].doc, width - col).join(`\n${' '.repeat(col)}`)}`).join('\n')
+}
+
+/** Words of `text` in lines of at most `width` characters (a longer word stands alone). */
+export function wrap(text: string, width: number): string[] {
+  const lines: string[] = []
+  let line = ''
+  for (const word of text.split(/\s+/).filter(Boolean)) {
+    if (line && line.length + 1 + word.length > width) {
+      lines.push(line)
+      line = word
+    } else line = line ? `${line} ${word}` : word
+  }
+  return line ? [...lines, line] : lines
 }

@@ -83,3 +83,30 @@ export async function section<T>(name: string, header: string, fn: () => Promise
     process.stdout.write(`\x1b[0Ksection_end:${now()}:${id}\r\x1b[0K\n`)
   }
 }
+
+/** A command line for a header: whole when short, else its start and how many arguments it has. */
+export function shortCommand(argv: readonly string[], max = 160): string {
+  const whole = argv.join(' ')
+  if (whole.length <= max) return whole
+  const shown: string[] = []
+  for (const a of argv) {
+    if ([...shown, a].join(' ').length > max) break
+    shown.push(a)
+  }
+  return `${shown.join(' ')} … (${argv.length - shown.length} more arguments)`
+}
+
+/** The word of `words` nearest to `word` (a typo: at most two edits away), if any. */
+export function closest(word: string, words: readonly string[]): string | undefined {
+  const distance = (a: string, b: string): number => {
+    let prev = Array.from({ length: b.length + 1 }, (_, i) => i)
+    for (let i = 1; i <= a.length; i++) {
+      const row = [i]
+      for (let j = 1; j <= b.length; j++) row[j] = Math.min(prev[j]! + 1, row[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1))
+      prev = row
+    }
+    return prev[b.length]!
+  }
+  const [best] = words.map((w) => [w, distance(word, w)] as const).sort((x, y) => x[1] - y[1])
+  return best && best[1] <= 2 ? best[0] : undefined
+}

@@ -5,6 +5,7 @@ import fs from 'node:fs/promises'
 import path from 'node:path'
 import { atticConfigHome, checkPushPermission, fetchCacheConfig, fetchError, withSlash, writeClientConfig, writePrivate } from './attic.js'
 import type { JobProcess } from './attribution.js'
+import { getAtticClient } from './client.js'
 import type { Config } from './config.js'
 import { ignoredSubstituter, publicKeyOf } from './nix.js'
 import { jobNixConfig, shellExport, withJobNixConfig, type Substituter } from './nixconf.js'
@@ -86,11 +87,13 @@ async function prepareAttic(config: Config, paths: StatePaths, common: Common, o
     return { ok: false, reason: (err as Error).message }
   }
   const failures: string[] = []
+  let refused: string | undefined
   for (const endpoint of config.atticServers) {
     const probe = await fetchCacheConfig(endpoint, config.atticCache, token, PROBE_TIMEOUT_MS)
     onProbe?.(`${endpoint}: ${probe.ok ? 'ok' : probe.reason}`)
     if (!probe.ok) {
       failures.push(`${endpoint} (${probe.reason})`)
+      if (probe.answered) refused ??= refusal(config, probe, token !== undefined)
       continue
     }
     const tokenFile = token ? path.join(paths.secrets, 'attic-token') : undefined
@@ -129,8 +132,38 @@ async function prepareAttic(config: Config, paths: StatePaths, common: Common, o
     }
     return { ok: true, session, substituter: { url: substituterUrl, publicKeys: cache.publicKey ? [cache.publicKey] : [], netrc }, problems, notes }
   }
-  return { ok: false, reason: `no attic server answered: ${failures.join(', ')}` }
+  return { ok: false, reason: refused ?? `no attic server answered: ${failures.join(', ')}` }
 }
+
+/**
+ * What a server that answered, but refused the cache config, means, with the setting to fix.
+ * Without discovery permission attic answers Unauthorized for a cache that does not exist too
+ * (server/src/error.rs `into_no_discovery_permissions`), so both names are named then. The
+ * token command is atticadm's (server/src/adm/command/make_token.rs; book/src/tutorial.md).
+ */
+function refusal(config: Config, probe: { endpoint: string; reason: string; kind?: string }, hasToken: boolean): string {
+  const cache = JSON.stringify(config.atticCache)
+  const tokenVar = config.atticTokenFile ? 'ATTIC_TOKEN_FILE' : 'ATTIC_TOKEN'
+  const make = `atticadm make-token --sub ci --validity 1y --pull ${cache} --push ${cache}`
+  if (probe.kind === 'NoSuchCache') return `${probe.endpoint} has no cache ${cache} (${probe.reason}): check ATTIC_CACHE`
+  if (probe.kind === 'Unauthorized' && !hasToken) {
+    return `${probe.endpoint} answered, but cache ${cache} is not public and no ATTIC_TOKEN or ATTIC_TOKEN_FILE is set (${probe.reason}): set ATTIC_TOKEN (a masked CI/CD variable) to a token that may pull and push it (${make})`
+  }
+  if (probe.kind === 'Unauthorized') {
+    return `${probe.endpoint} refused the token in ${tokenVar} for cache ${cache} (${probe.reason}): it is expired, from another server, or not for ${cache} (check ATTIC_CACHE too); make one with ${make}`
+  }
+  return `${probe.endpoint} refused the cache config of ${cache}: ${probe.reason}`
+}
+
+/**
+ * Nix substitutes only what a key in its trusted-public-keys signed, unless it trusts the cache
+ * without signatures (require-sigs = false): the next pipeline would rebuild everything, quietly.
+ */
+export const UNSIGNED =
+  'GREEDY_CACHE_URL has no signing key: what goes up is unsigned, and the next pipeline\'s Nix refuses it ("not signed by any ' +
+  'of the keys in trusted-public-keys") and builds it again, unless it trusts this cache without signatures. Make a key once: ' +
+  '`nix --extra-experimental-features nix-command key generate-secret --key-name ci-cache-1`, and give its output as ' +
+  'GREEDY_SIGNING_KEY (a masked CI/CD variable) or in a file named by GREEDY_SIGNING_KEY_FILE'
 
 async function prepareNix(config: Config, paths: StatePaths, common: Common, onProbe?: (line: string) => void): Promise<Prepared> {
   const url = new URL(config.cacheUrl!)
@@ -178,7 +211,8 @@ async function prepareNix(config: Config, paths: StatePaths, common: Common, onP
     const { login, password } = config.cacheCredentials
     await writePrivate(netrc, `machine ${url.hostname} login ${login} password ${password}\n`)
   }
-  return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys, netrc }, problems: [], notes: [] }
+  const problems = secret || url.searchParams.has('secret-key') ? [] : [UNSIGNED]
+  return { ok: true, session, substituter: { url: decodeURIComponent(substituter.href), publicKeys, netrc }, problems, notes: [] }
 }
 
 /**
@@ -220,5 +254,25 @@ export async function substituterProblem(sub: Substituter, env: NodeJS.ProcessEn
   )
 }
 
+/** The first half of what build and push say when bootstrap did not run with this state dir. */
+export const noBootstrap = (paths: StatePaths) =>
+  `greedy-nix bootstrap did not run in this job (no ${paths.session}; another GREEDY_STATE_DIR?): run it in before_script`
+
 export const saveSession = (paths: StatePaths, s: Session) => writeJsonAtomic(paths.session, s)
 export const loadSession = (paths: StatePaths) => readJson<Session>(paths.session)
+
+/**
+ * The session push uses when bootstrap did not make one, or when an earlier push of this job
+ * removed its secrets: the same probe and private files from the settings as they are now, and
+ * the attic client from where bootstrap would look. No watcher, no substituter.
+ */
+export async function sessionForPush(config: Config, paths: StatePaths): Promise<{ session: Session } | { reason: string }> {
+  await fs.mkdir(paths.dir, { recursive: true })
+  const prepared = await prepareSession(config, paths)
+  if (!prepared.ok) return { reason: prepared.reason }
+  const session = prepared.session
+  if (session.backend === 'attic') {
+    session.client = (await getAtticClient({ installable: config.client, outLink: paths.clientLink, cwd: process.cwd(), debug: () => {} })).client
+  }
+  return { session }
+}

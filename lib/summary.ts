@@ -46,6 +46,49 @@ export async function recordBuild(paths: StatePaths, run: BuildCounts & { exitCo
   return next
 }
 
+/** The job's summary from what push gathered: the watcher's last counts, the final push, the builds. */
+export function jobSummary(j: {
+  backend: Backend | undefined
+  status: { counts: { pushed: number; cached: number; skipped: number } } | undefined
+  failures: { incremental: number; final: number; list: Summary['failures'] }
+  final: { pushed: readonly string[] }
+  build: BuildSummary | undefined
+  alive: boolean
+  prune: PruneReport | undefined
+}): Summary {
+  return {
+    backend: j.backend ?? 'none',
+    incremental: {
+      pushed: j.status?.counts.pushed ?? 0,
+      failed: j.failures.incremental,
+      cached: j.status?.counts.cached ?? 0,
+      skipped: j.status?.counts.skipped ?? 0,
+    },
+    final: { pushed: j.final.pushed.length, failed: j.failures.final },
+    build: j.build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
+    failures: j.failures.list.slice(0, 20),
+    watcherAlive: j.alive,
+    prune: j.prune,
+  }
+}
+
+/** summary.json, metrics.txt and result-paths.txt (the store path of each ./result* link). */
+export async function writeReports(paths: StatePaths, summary: Summary, results: readonly string[]): Promise<void> {
+  await fs.mkdir(paths.dir, { recursive: true })
+  await writeJsonAtomic(paths.summary, summary)
+  await fs.writeFile(paths.metrics, openMetrics(summary))
+  await fs.writeFile(paths.resultPaths, results.map((p) => `${p}\n`).join(''))
+}
+
+/**
+ * A second push in the same job adds to the first one's summary instead of replacing it: what
+ * the first pushed stays counted, and the failures are the last push's word on them.
+ */
+export function mergeSummaries(earlier: Summary | undefined, next: Summary): Summary {
+  if (!earlier) return next
+  return { ...next, final: { pushed: earlier.final.pushed + next.final.pushed, failed: next.final.failed }, prune: next.prune ?? earlier.prune }
+}
+
 /** Substituted / (built + substituted): how much of the work the cache saved. */
 export function hitRate(b: BuildSummary): number | undefined {
   const total = b.built + b.substituted

@@ -1,9 +1,9 @@
 #!/usr/bin/env node
 // before_script: find the cache, make Nix substitute from it, get a push client, start the watcher.
 import fs from 'node:fs/promises'
-import minimist from 'minimist'
 import watcherSource from 'greedy-nix:watcher-source'
-import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { cacheProblem, loadConfig, parseCommandLine, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { VARIABLES, type Variable } from '../lib/config.js'
 import { jobProcess } from '../lib/attribution.js'
 import { startWatcher, takeOverStateDir } from '../lib/control.js'
 import { debug, info, section } from '../lib/log.js'
@@ -13,17 +13,20 @@ import { configureJobNix, jobEnv, prepareSession, saveSession, substituterProble
 import { clearJobState, statePaths } from '../lib/state.js'
 
 export const bootstrapInfo: CommandInfo = {
+  name: 'bootstrap',
   usage: 'greedy-nix bootstrap [options]',
+  settings: Object.keys(VARIABLES) as Variable[],
+  positionals: 0,
   about: 'before_script: validate the config, pick the first reachable cache server, check the token can push, make\n' +
     'Nix substitute from it, get the attic client from a substituter only (--max-jobs 0: GREEDY_CLIENT, else the\n' +
     "flake's .#attic-client, attic on PATH, nixpkgs#attic-client), and start the store watcher.\n" +
-    'With no cache configured it says so and does nothing else. Cache problems only warn unless GREEDY_STRICT=1.',
+    'With no cache configured it says so and does nothing else. Cache problems only warn unless GREEDY_STRICT=true.',
 }
 
 export async function bootstrap(argv: string[]): Promise<number> {
-  const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir'] })
-  if (handledInfoFlags(flags, bootstrapInfo)) return 0
-  const { config, ok } = loadConfig(flags)
+  const line = parseCommandLine(bootstrapInfo, argv)
+  if ('code' in line) return line.code
+  const { config, ok, invalid } = loadConfig(line.flags)
   if (!ok) return 1
   const paths = statePaths(config.stateDir)
   const earlier = await takeOverStateDir(paths)
@@ -33,7 +36,7 @@ export async function bootstrap(argv: string[]): Promise<number> {
   const conf = userNixConf()
   if (await removeNixConfBlock(conf).catch(() => false)) info(`removed the cache settings an earlier job left in ${conf}`)
   if (config.backend === 'none') {
-    info('no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL): building without a cache')
+    info(invalid ? 'building without a cache: fix the setting named above' : 'no cache configured (set ATTIC_SERVER or GREEDY_CACHE_URL): building without a cache')
     return 0
   }
   try {
@@ -57,7 +60,7 @@ export async function bootstrap(argv: string[]): Promise<number> {
     else if (cacheProblem(config.strict, ignored) !== 0) return 1
   }
   if (session.backend === 'attic') {
-    const found = await getAtticClient({ installable: config.client, outLink: paths.clientLink, cwd: process.cwd(), which, debug, env: jobEnv(session) })
+    const found = await getAtticClient({ installable: config.client, outLink: paths.clientLink, cwd: process.cwd(), debug, env: jobEnv(session) })
     session.client = found.client
     if (found.client !== undefined) info(`attic client from ${found.from}`)
     else if (found.awaited) info(`no attic client yet (${found.why}): new paths are recorded and pushed as soon as the build realises ${found.awaited}`)
@@ -73,12 +76,6 @@ export async function bootstrap(argv: string[]): Promise<number> {
   const target = session.attic ? `attic cache "${session.attic.cache}" at ${session.attic.endpoint}` : 'the Nix store URL'
   info(`pushing every new store path to ${target} as it is built (watcher pid ${started.pid}${started.already ? ', already running' : ''})`)
   return 0
-}
-
-/** `attic` on PATH; zx's core is loaded only for this fallback, not at start-up. */
-async function which(cmd: string): Promise<string | undefined> {
-  const { which } = await import('zx/core')
-  return (await which(cmd, { nothrow: true })) ?? undefined
 }
 
 runAsEntry('bootstrap', bootstrap)

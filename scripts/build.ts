@@ -2,41 +2,42 @@
 // script: nix build, greedily (--keep-going), then drain the watcher so this stage's work is in
 // the cache before the stage ends (the docker executor kills the watcher then). Exits with Nix's code.
 import os from 'node:os'
-import minimist from 'minimist'
-import { cacheProblem, handledInfoFlags, loadConfig, parseInstallables, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { cacheProblem, EXIT_USAGE, installablesOf, loadConfig, parseCommandLine, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { drainWatcher, stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'
-import { error, info, raw, section, sectionsEnabled, warn } from '../lib/log.js'
+import { error, info, raw, section, sectionsEnabled, shortCommand, warn } from '../lib/log.js'
 import { recordRealised } from '../lib/attribution.js'
 import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
 import type { NixLogEvent } from '../lib/nixlog.js'
-import { jobEnv, loadSession } from '../lib/session.js'
+import { jobEnv, loadSession, noBootstrap } from '../lib/session.js'
 import { statePaths } from '../lib/state.js'
 import { recordBuild } from '../lib/summary.js'
 
 export const buildInfo: CommandInfo = {
+  name: 'build',
   usage: 'greedy-nix build [installable...] [options] [-- nix-args...]',
   about: 'script: nix build the installables (none: Nix\'s default, ".") with --keep-going and --out-link result\n' +
     '(unless given), showing build logs; count what was built and substituted; drain the watcher;\n' +
-    'exit with Nix\'s exit code, whatever happened to the cache.',
-  details: '  --installables L  more installables, as one argument: a JSON array, [a, b], or words (CI templates use it)\n' +
-    '  --no-keep-going   stop at the first failed derivation (default: keep building independent ones)\n' +
-    '  -- nix-args...    passed to nix build as they are (e.g. -- --max-jobs 4 -o out)',
+    'exit with Nix\'s exit code, whatever happened to the cache. Nix\'s own options go after --.',
+  options: {
+    installables: { type: 'string', doc: 'more installables, as one argument: a JSON array, [a, b], or words' },
+    'installables-file': { type: 'string', doc: 'more installables, from a file: one per line or a JSON array (no argument length limit)' },
+    'no-keep-going': { type: 'boolean', doc: 'stop at the first failed derivation (default: build the independent ones)' },
+  },
+  settings: ['GREEDY_STATE_DIR', 'GREEDY_DRAIN_TIMEOUT', 'GREEDY_STRICT', 'GREEDY_DEBUG'],
+  passThrough: 'nix build',
 }
 
 export async function build(argv: string[]): Promise<number> {
-  const dashdash = argv.indexOf('--')
-  const ours = dashdash === -1 ? argv : argv.slice(0, dashdash)
-  const nixArgs = dashdash === -1 ? [] : argv.slice(dashdash + 1)
-  const flags = minimist(ours, { boolean: ['help', 'version', 'verbose', 'strict', 'keep-going'], string: ['state-dir', 'drain-timeout', 'installables'], default: { 'keep-going': true } })
-  if (handledInfoFlags(flags, buildInfo)) return 0
-  const { config, ok } = loadConfig(flags)
-  const listed = flags.installables === undefined ? [] : parseInstallables(String(flags.installables))
-  if (listed === undefined) {
-    error(`--installables: ${JSON.stringify(flags.installables)} is not a list of installables (expected a JSON array, [a, b], or words)`)
-    return 2
+  const line = parseCommandLine(buildInfo, argv)
+  if ('code' in line) return line.code
+  const { config, ok } = loadConfig(line.flags)
+  const installables = await installablesOf(line)
+  if ('error' in installables) {
+    error(installables.error)
+    return EXIT_USAGE
   }
-  const args = nixBuildArgs([...flags._.map(String), ...listed], nixArgs, Boolean(flags['keep-going']))
+  const args = nixBuildArgs(installables.list, line.rest, !line.flags['no-keep-going'])
 
   // A cancelled job: stop Nix, push what was built so far within a short budget, end the watcher.
   const abort = new AbortController()
@@ -50,8 +51,9 @@ export async function build(argv: string[]): Promise<number> {
 
   const paths = statePaths(config.stateDir)
   const session = await loadSession(paths)
+  if (!session && config.backend !== 'none') warn(`${noBootstrap(paths)}: nothing is pushed while this builds`)
   const onEvent = (ev: NixLogEvent) => recordRealised(paths.realised, ev) // tells our watcher what is ours
-  const result = await section('build', `nix build ${args.join(' ')}`, () => nixBuild({ args, onLine: raw, onEvent, signal: abort.signal, env: jobEnv(session) }))
+  const result = await section('build', shortCommand(['nix', 'build', ...args]), () => nixBuild({ args, onLine: raw, onEvent, signal: abort.signal, env: jobEnv(session) }))
   if (sectionsEnabled()) result.errors.forEach(raw) // the section is collapsed: errors stay in sight
   info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
   const budget = signalled ? Math.min(config.drainTimeout, CANCEL_BUDGET_S) : config.drainTimeout

@@ -2,8 +2,7 @@
 // after_script: stop the watcher (it may be gone already), push the result closures once more,
 // and report: one summary line, summary.json, and OpenMetrics for GitLab.
 import fs from 'node:fs/promises'
-import minimist from 'minimist'
-import { cacheProblem, handledInfoFlags, loadConfig, runAsEntry, type CommandInfo } from '../lib/cli.js'
+import { cacheProblem, loadConfig, parseCommandLine, runAsEntry, type CommandInfo } from '../lib/cli.js'
 import { stopWatcher } from '../lib/control.js'
 import type { WatcherStatus } from '../lib/daemon.js'
 import { CLIENT_HINT } from '../lib/client.js'
@@ -11,17 +10,23 @@ import { countFailures, finalPush, resultLinks } from '../lib/final.js'
 import { bold, info, section, warn } from '../lib/log.js'
 import { pruneAfterJob } from '../lib/prune.js'
 import { substitutedPaths } from '../lib/attribution.js'
-import { loadSession } from '../lib/session.js'
-import { readJson, statePaths, writeJsonAtomic } from '../lib/state.js'
-import { openMetrics, summaryLine, type BuildSummary, type Summary } from '../lib/summary.js'
+import { loadSession, noBootstrap, sessionForPush, type Session } from '../lib/session.js'
+import { readJson, statePaths } from '../lib/state.js'
+import { jobSummary, mergeSummaries, summaryLine, writeReports, type BuildSummary, type Summary } from '../lib/summary.js'
 
 export const pushInfo: CommandInfo = {
+  name: 'push',
   usage: 'greedy-nix push [path...] [options]',
   about: 'after_script: stop the watcher if it still runs, push the closures of the given paths (default: the\n' +
     './result* links), print one summary line, and write <state>/summary.json, <state>/metrics.txt and\n' +
     '<state>/result-paths.txt (the store path of each ./result* link). With a file:// cache it records\n' +
     'what this job pushed and substituted in the cache\'s index, and with GREEDY_CACHE_MAX_SIZE it evicts\n' +
-    'the least recently used paths beyond that budget (never the closures of the given paths).',
+    'the least recently used paths beyond that budget (never the closures of the given paths).\n' +
+    'Without bootstrap (or run twice) it still pushes to the cache the settings name.',
+  settings: [
+    'ATTIC_SERVER', 'ATTIC_CACHE', 'ATTIC_TOKEN', 'ATTIC_TOKEN_FILE', 'GREEDY_CACHE_URL', 'GREEDY_SIGNING_KEY', 'GREEDY_SIGNING_KEY_FILE',
+    'GREEDY_CLIENT', 'GREEDY_STATE_DIR', 'GREEDY_DRAIN_TIMEOUT', 'GREEDY_CACHE_MAX_SIZE', 'GREEDY_STRICT', 'GREEDY_DEBUG',
+  ],
 }
 
 /**
@@ -31,19 +36,30 @@ export const pushInfo: CommandInfo = {
 const finalPushTimeoutMs = (drainTimeoutS: number) => Math.max(30, drainTimeoutS) * 1000
 
 export async function push(argv: string[]): Promise<number> {
-  const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir', 'drain-timeout', 'max-size'] })
-  if (handledInfoFlags(flags, pushInfo)) return 0
-  const { config, ok } = loadConfig(flags)
+  const line = parseCommandLine(pushInfo, argv)
+  if ('code' in line) return line.code
+  const { config, ok } = loadConfig(line.flags)
   const paths = statePaths(config.stateDir)
-  const session = ok ? await loadSession(paths) : undefined
+  const earlier = await readJson<Summary>(paths.summary) // an earlier push of this job (bootstrap clears it)
+  const problems: string[] = []
+  let session: Session | undefined = ok ? await loadSession(paths) : undefined
+  if (ok && config.backend !== 'none' && (!session || earlier)) {
+    // Nothing from bootstrap, or the earlier push removed the secrets: the settings have all it takes.
+    if (!session) warn(`${noBootstrap(paths)}; the final push still goes to the configured cache`)
+    else info('push already ran in this job: pushing again, and adding to its summary')
+    const fresh = await sessionForPush(config, paths)
+    if ('session' in fresh) session = fresh.session
+    else problems.push(`no final push: ${fresh.reason}`)
+  }
 
   const stopped = await stopWatcher(paths, config.drainTimeout, (s) => info(`still pushing: ${s.counts.pending} pending`))
   const status = 'status' in stopped ? stopped.status : await readJson<WatcherStatus>(paths.status)
   const alive = stopped.state === 'drained' || stopped.state === 'timeout'
-  if (!alive && status) info(`the watcher ${stopped.state === 'died' ? 'died while draining' : 'was no longer running (the executor ends it with its stage)'}: using its last counts`)
+  const gone = earlier ? 'was stopped by the earlier push' : stopped.state === 'died' ? 'died while draining' : 'was no longer running (the docker executor ends it with its stage)'
+  if (!alive && status) info(`the watcher ${gone}: using its last counts`)
 
   const results = await resultLinks()
-  const targets = flags._.length > 0 ? flags._.map(String) : results
+  const targets = line.positionals.length > 0 ? line.positionals : results
   const final = session
     ? await section('push', 'final push', () => finalPush(session, targets, status, finalPushTimeoutMs(config.drainTimeout), info))
     : { pushed: [], failed: [] }
@@ -52,42 +68,19 @@ export async function push(argv: string[]): Promise<number> {
   const pruned = await pruneAfterJob({ session, maxSize: config.cacheMaxSize, keep: targets, used, log: info, warn })
 
   const build = await readJson<BuildSummary>(paths.build)
-  const failures = countFailures(status, final)
-  const summary: Summary = {
-    backend: session?.backend ?? 'none',
-    incremental: {
-      pushed: status?.counts.pushed ?? 0,
-      failed: failures.incremental,
-      cached: status?.counts.cached ?? 0,
-      skipped: status?.counts.skipped ?? 0,
-    },
-    final: { pushed: final.pushed.length, failed: failures.final },
-    build: build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
-    failures: failures.list.slice(0, 20),
-    watcherAlive: alive,
-    prune: pruned.report,
-  }
+  const summary = mergeSummaries(earlier, jobSummary({ backend: session?.backend, status, failures: countFailures(status, final), final, build, alive, prune: pruned.report }))
   for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
   if (session?.backend === 'attic' && !(status?.client ?? session.client)) warn(`no attic client in this job: nothing was pushed; ${CLIENT_HINT}`)
   info(bold(summaryLine(summary)))
-  try {
-    await fs.mkdir(paths.dir, { recursive: true })
-    await writeJsonAtomic(paths.summary, summary)
-    await fs.writeFile(paths.metrics, openMetrics(summary))
-    await fs.writeFile(paths.resultPaths, results.map((p) => `${p}\n`).join(''))
-  } catch (err) {
-    warn(`cannot write the summary in ${paths.dir}: ${(err as Error).message}`)
-  }
+  await writeReports(paths, summary, results).catch((err: Error) => warn(`cannot write the summary in ${paths.dir}: ${err.message}`))
   // The job is over: no secret needs to outlive it on disk.
   await fs.rm(paths.secrets, { recursive: true, force: true }).catch((err: Error) => warn(`cannot remove ${paths.secrets}: ${err.message}`))
 
   const failed = summary.incremental.failed + summary.final.failed
   if (!ok) return 1
-  const problems = [
-    ...(failed > 0 || stopped.state === 'timeout' ? [`${failed} path(s) failed to push${stopped.state === 'timeout' ? ', drain timed out' : ''}`] : []),
-    ...(pruned.problem ? [pruned.problem] : []),
-  ]
-  return session && problems.length > 0 ? cacheProblem(config.strict, problems.join('; ')) : 0
+  if (failed > 0 || stopped.state === 'timeout') problems.push(`${failed} path(s) failed to push${stopped.state === 'timeout' ? ', drain timed out' : ''}`)
+  if (pruned.problem) problems.push(pruned.problem)
+  return (session || config.backend !== 'none') && problems.length > 0 ? cacheProblem(config.strict, problems.join('; ')) : 0
 }
 
 runAsEntry('push', push)

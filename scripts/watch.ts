@@ -2,9 +2,9 @@
 // The background watcher: start it, drain it, stop it, ask whether it runs, or be it (`run`).
 import { existsSync } from 'node:fs'
 import fs from 'node:fs/promises'
-import minimist from 'minimist'
 import { jobProcess } from '../lib/attribution.js'
-import { cacheProblem, EXIT_NOT_RUNNING, handledInfoFlags, loadConfig, runAsEntry, watchRunArgv, type CommandInfo } from '../lib/cli.js'
+import { cacheProblem, EXIT_NOT_RUNNING, EXIT_USAGE, loadConfig, parseCommandLine, runAsEntry, watchRunArgv, type CommandInfo } from '../lib/cli.js'
+import { VARIABLES, type Variable } from '../lib/config.js'
 import { drainWatcher, startWatcher, stopWatcher, type DrainResult } from '../lib/control.js'
 import { runWatcher } from '../lib/daemon.js'
 import { debug, error, info, warn } from '../lib/log.js'
@@ -13,6 +13,9 @@ import { liveWatcherPid, readJson, statePaths } from '../lib/state.js'
 import type { WatcherStatus } from '../lib/daemon.js'
 
 export const watchInfo: CommandInfo = {
+  name: 'watch',
+  settings: Object.keys(VARIABLES) as Variable[],
+  positionals: 1,
   usage: 'greedy-nix watch start|drain|stop|status|run [options]',
   about: 'The store watcher: pushes every new valid store path as soon as Nix finishes it.\n' +
     '  start   start it in the background (log: <state>/watch.log) and return at once\n' +
@@ -23,10 +26,10 @@ export const watchInfo: CommandInfo = {
 }
 
 export async function watch(argv: string[]): Promise<number> {
-  const flags = minimist(argv, { boolean: ['help', 'version', 'verbose', 'strict'], string: ['state-dir', 'drain-timeout'] })
-  if (handledInfoFlags(flags, watchInfo)) return 0
-  const action = String(flags._[0] ?? '')
-  const { config, ok } = loadConfig(flags)
+  const line = parseCommandLine(watchInfo, argv)
+  if ('code' in line) return line.code
+  const action = line.positionals[0] ?? ''
+  const { config, ok } = loadConfig(line.flags)
   if (!ok) return 1
   const paths = statePaths(config.stateDir)
   const counts = (s: WatcherStatus | undefined) =>
@@ -77,8 +80,8 @@ export async function watch(argv: string[]): Promise<number> {
       return pid ? 0 : EXIT_NOT_RUNNING
     }
     default:
-      warn(`unknown action ${JSON.stringify(action)}: expected start, drain, stop, status or run`)
-      return 2
+      error(`greedy-nix watch: ${action ? `unknown action ${JSON.stringify(action)}` : 'no action'}: expected start, drain, stop, status or run`)
+      return EXIT_USAGE
   }
 }
 

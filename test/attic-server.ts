@@ -26,6 +26,8 @@ export interface AtticServerOptions extends AtticFaults {
   token: string
   /** A second token, pull only. */
   pullToken?: string
+  /** The cache-name patterns both tokens hold (atticadm make-token --pull/--push PATTERN); default: the cache's name. */
+  tokenCaches?: string[]
   /** The cache's key: the server signs what it stores. Without it a key pair is generated. */
   signingKeyFile?: string
   /** The public half of signingKeyFile (derived from it when absent). */
@@ -102,8 +104,8 @@ export async function startAtticServer(dir: string, opts: AtticServerOptions): P
       },
     },
     tokens: [
-      { token: opts.token, pull: true, push: true, caches: [opts.cache] },
-      ...(opts.pullToken ? [{ token: opts.pullToken, pull: true, push: false, caches: [opts.cache] }] : []),
+      { token: opts.token, pull: true, push: true, caches: opts.tokenCaches ?? [opts.cache] },
+      ...(opts.pullToken ? [{ token: opts.pullToken, pull: true, push: false, caches: opts.tokenCaches ?? [opts.cache] }] : []),
     ],
     faults: { fail, failFirst, hang, delayMs },
     faultsFile,

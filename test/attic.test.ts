@@ -222,4 +222,26 @@ describe('attic as it really is', () => {
     expect(pushed.code).toBe(0)
     expect(pushed.out).toContain('no attic client in this job: nothing was pushed; put attic on PATH')
   })
+
+  it('a cache the server refuses at bootstrap: the cause and the setting to fix are named, not "no server answered"', async () => {
+    // atticd answers Unauthorized for a missing token, a wrong token, and a cache the token may not see (without
+    // discovery permission NoSuchCache becomes Unauthorized: server/src/error.rs); a token for "*" sees NoSuchCache.
+    const t = await atticSetup(servers, 'atticrefused', { clientOnPath: true, tokenCaches: ['*'] })
+    const a = t.job('a')
+    const boot = (env: NodeJS.ProcessEnv) => greedy({ ...a.env, ATTIC_SERVER: t.server.url, ...env }, a.project, 'bootstrap')
+    const cases: Array<[string, NodeJS.ProcessEnv, string]> = [
+      ['no token', { ATTIC_TOKEN: undefined }, `${t.server.url} answered, but cache "main" is not public and no ATTIC_TOKEN or ATTIC_TOKEN_FILE is set (Unauthorized: Unauthorized. (HTTP 401)): set ATTIC_TOKEN`],
+      ['a wrong token', { ATTIC_TOKEN: 'not-the-token' }, `${t.server.url} refused the token in ATTIC_TOKEN for cache "main" (Unauthorized: Unauthorized. (HTTP 401)): it is expired, from another server, or not for "main" (check ATTIC_CACHE too); make one with atticadm make-token`],
+      ['a misspelt cache', { ATTIC_CACHE: 'mian' }, `${t.server.url} has no cache "mian" (NoSuchCache: The requested cache does not exist. (HTTP 404)): check ATTIC_CACHE`],
+    ]
+    for (const [what, env, message] of cases) {
+      const r = await boot(env)
+      expect(r.code, what).toBe(0)
+      expect(r.out, what).toContain(message)
+      expect(r.out, what).not.toContain('no attic server answered')
+      expect(r.out, what).not.toContain(t.token)
+      const strict = await boot({ ...env, GREEDY_STRICT: 'true' })
+      expect(strict.code, what).toBe(1)
+    }
+  })
 })

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { DIST, chainPaths, greedy, inFileCache, isValid, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, chainPaths, greedy, inFileCache, isValid, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { freePort } from './nginx.js'
 import { formatPidFile, processStartTime } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
@@ -39,6 +39,117 @@ describe('without a cache', () => {
     expect(r.out).not.toContain('warning')
     const p = await greedy(j.env, j.project, 'push')
     expect(p.code).toBe(0)
+  })
+})
+
+describe("a new user's mistakes: each is named with its fix, and nothing is lost", () => {
+  it('an unknown option is named, never swallowed with the next word; Nix options are pointed after --', async () => {
+    const j = job()
+    writeFlake(j.project, { prefix: `flags-${uid()}`, chain: 1 })
+    const dry = await greedy(j.env, j.project, 'build', '--dry-run', '.#l1')
+    expect(dry.code).toBe(2)
+    expect(dry.out).toContain('greedy-nix build: unknown option --dry-run')
+    expect(dry.out).toContain("nix build's own options go after --, e.g. greedy-nix build .#default -- --dry-run")
+    expect(dry.out).not.toContain('nix build exited') // nothing was built in its place
+    expect(fs.existsSync(path.join(j.project, 'result'))).toBe(false)
+    const jobs = await greedy(j.env, j.project, 'build', '--max-jobs', '2')
+    expect([jobs.code, jobs.out.includes('unknown option --max-jobs')]).toEqual([2, true])
+    const typo = await greedy(j.env, j.project, 'push', '--cache-ulr', 'file:///tmp/x')
+    expect(typo.code).toBe(2)
+    expect(typo.out).toContain('greedy-nix push: unknown option --cache-ulr (did you mean --cache-url?)')
+    const missing = await greedy(j.env, j.project, 'build', '--installables')
+    expect(missing.out).toContain('greedy-nix build: --installables needs a value')
+    const command = await greedy(j.env, j.project, 'biuld')
+    expect(command.code).toBe(2)
+    expect(command.out).toContain('unknown command "biuld" (did you mean build?)')
+    expect(command.out).toContain('Usage: greedy-nix <command>')
+    // And the same build, written as the message says, works.
+    const right = await greedy(j.env, j.project, 'build', '.#l1', '--', '--max-jobs', '2')
+    expect(right.code, right.out).toBe(0)
+  })
+
+  it('a typo in a tuning setting falls back to its default; the cache stays on (strict: exit 1)', async () => {
+    const cache = path.join(tmpDir('greedy-tuning-'), 'cache')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}`, GREEDY_DRAIN_TIMEOUT: '5m' })
+    writeFlake(j.project, { prefix: `tuning-${uid()}`, chain: 1 })
+    const boot = await greedy(j.env, j.project, 'bootstrap')
+    expect(boot.code).toBe(0)
+    expect(boot.out).toContain('GREEDY_DRAIN_TIMEOUT: "5m" expected a number of seconds (0 or more); using the default, 120')
+    expect(boot.out).not.toContain('without the cache')
+    for (const phase of ['build', 'push']) expect((await greedy(j.env, j.project, phase)).code).toBe(0)
+    expect(chainPaths(j.env, j.project, 1).map((p) => inFileCache(cache, p))).toEqual([true])
+    expect((await greedy({ ...j.env, GREEDY_STRICT: 'true' }, j.project, 'bootstrap')).code).toBe(1)
+  })
+
+  it('a cache URL that is wrong says which setting to fix, not "no cache configured"', async () => {
+    const j = job({ GREEDY_CACHE_URL: 'htp://cache.example.com' })
+    const r = await greedy(j.env, j.project, 'bootstrap')
+    expect(r.code).toBe(0)
+    expect(r.out).toContain('GREEDY_CACHE_URL: "htp://cache.example.com" expected a Nix store URL with scheme file://')
+    expect(r.out).toContain('building without a cache: fix the setting named above')
+    expect(r.out).not.toContain('no cache configured')
+  })
+
+  it('an unsigned cache is named at bootstrap with how to make a key, and the command it gives works as written', async () => {
+    const cache = path.join(tmpDir('greedy-unsigned-'), 'cache')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    const r = await greedy(j.env, j.project, 'bootstrap')
+    expect(r.code).toBe(0)
+    expect(r.out).toContain('GREEDY_CACHE_URL has no signing key')
+    expect(r.out).toContain('not signed by any of the keys in trusted-public-keys')
+    const command = /`(nix [^`]+)`/.exec(r.out)![1]!
+    const made = await runCmd('sh', ['-c', command], { env: j.env }) // on the image's nix.conf: no experimental feature on
+    expect(made.code, made.out).toBe(0)
+    expect(made.stdout).toMatch(/^ci-cache-1:\S+$/m)
+    const signed = await greedy({ ...j.env, GREEDY_SIGNING_KEY: made.stdout.trim() }, j.project, 'bootstrap')
+    expect(signed.out).not.toContain('no signing key')
+    expect((await greedy({ ...j.env, GREEDY_STRICT: 'true' }, j.project, 'bootstrap')).code).toBe(1)
+  })
+
+  it('build and push without bootstrap warn; push still puts the results in the configured cache', async () => {
+    const cache = path.join(tmpDir('greedy-noboot-'), 'cache')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    writeFlake(j.project, { prefix: `noboot-${uid()}`, chain: 2 })
+    const links = chainPaths(j.env, j.project, 2)
+    const built = await greedy(j.env, j.project, 'build')
+    expect(built.code).toBe(0)
+    expect(built.out).toContain('greedy-nix bootstrap did not run in this job')
+    expect(built.out).toContain('nothing is pushed while this builds')
+    const pushed = await greedy(j.env, j.project, 'push')
+    expect(pushed.code).toBe(0)
+    expect(pushed.out).toContain('the final push still goes to the configured cache')
+    expect(pushed.stdout).toMatch(/pushed 0 store paths incrementally, 2 in the final push, 0 failed/)
+    expect(links.map((p) => inFileCache(cache, p))).toEqual([true, true])
+    // Another job, its cache given as a flag only.
+    fs.rmSync(j.state, { recursive: true })
+    const other = path.join(tmpDir('greedy-noboot-'), 'cache')
+    const flagged = await greedy({ ...j.env, GREEDY_CACHE_URL: undefined }, j.project, 'push', '--cache-url', `file://${other}`)
+    expect(flagged.stdout).toMatch(/2 in the final push, 0 failed/)
+    expect(links.map((p) => inFileCache(other, p))).toEqual([true, true])
+  })
+
+  it('a second push in the job pushes again with its key, blames no executor, and keeps the first summary', async () => {
+    const cache = path.join(tmpDir('greedy-twice-'), 'cache')
+    const [secret] = makeKeys(nixEnv(tmpDir('greedy-twice-keys-')), `twice-${uid()}`)
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}`, GREEDY_SIGNING_KEY: secret })
+    writeFlake(j.project, { prefix: `twice-${uid()}`, chain: 2 })
+    expect((await greedy(j.env, j.project, 'bootstrap')).code).toBe(0)
+    fs.rmSync(path.join(j.state, 'watch.pid')) // the docker executor: the watcher's stage is over before build
+    expect((await greedy(j.env, j.project, 'build')).code).toBe(0)
+    const first = await greedy(j.env, j.project, 'push')
+    expect(first.stdout).toMatch(/in the final push, 0 failed/)
+    const before = readJsonFile<Summary>(path.join(j.state, 'summary.json'))
+    fs.rmSync(cache, { recursive: true }) // what the second push must put back
+    const second = await greedy(j.env, j.project, 'push')
+    expect(second.code).toBe(0)
+    expect(second.out).toContain('push already ran in this job: pushing again, and adding to its summary')
+    expect(second.out).not.toContain('executor')
+    expect(second.out).not.toMatch(/failed to push|signing-key|No such file/)
+    const after = readJsonFile<Summary>(path.join(j.state, 'summary.json'))
+    expect(after.final.pushed).toBe(before.final.pushed + 2)
+    expect(after.failures).toEqual([])
+    expect(chainPaths(j.env, j.project, 2).map((p) => inFileCache(cache, p))).toEqual([true, true])
+    expect(fs.existsSync(path.join(j.state, 'secrets'))).toBe(false)
   })
 })
 
@@ -129,7 +240,7 @@ describe('cache problems never fail the job unless GREEDY_STRICT=1', () => {
     const r = await greedy(j.env, j.project, 'bootstrap')
     expect(r.code).toBe(0)
     expect(r.out).toContain(`no attic server answered: http://127.0.0.1:${closed} (ECONNREFUSED)`)
-    expect(r.out).toContain('GREEDY_STRICT=1')
+    expect(r.out).toContain('GREEDY_STRICT=true')
     const strict = await greedy({ ...j.env, GREEDY_STRICT: '1' }, j.project, 'bootstrap')
     expect(strict.code).toBe(1)
     expect(r.out + strict.out).not.toContain(token)

@@ -60,7 +60,7 @@ describe('secrets', () => {
     const secrets = [password, secretPart]
 
     const stop = sampleArgv(secrets)
-    const outputs = [await greedy(env, project, 'bootstrap', '--verbose'), await greedy(env, project, 'build', '--verbose')]
+    const outputs = [await greedy(env, project, 'bootstrap', '--debug'), await greedy(env, project, 'build', '--debug')]
     // Mid-job, the secrets exist only in 0600 files.
     const midJob = filesWithSecrets(dir, secrets).filter((f) => !f.file.startsWith('nginx/'))
     outputs.push(await greedy(env, project, 'push', '--verbose'))

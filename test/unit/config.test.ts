@@ -1,7 +1,7 @@
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseInstallables } from '../../lib/cli.js'
-import { configHelp, parseConfig } from '../../lib/config.js'
+import { parseConfig, settingsHelp, VARIABLES, type Variable } from '../../lib/config.js'
 
 const KEY = 'cache.example.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY='
 
@@ -26,7 +26,7 @@ describe('parseConfig', () => {
     expect(config.atticServers).toEqual(['https://a.example/', 'http://b.example:8080', 'https://c.example'])
   })
 
-  it('GREEDY_CACHE_MAX_SIZE and --max-size: sizes as users write them; a bad value is named with what was expected', () => {
+  it('GREEDY_CACHE_MAX_SIZE and --cache-max-size: sizes as users write them; a bad value is named with what was expected', () => {
     const size = (v: string) => parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_CACHE_MAX_SIZE: v })
     expect(size('500M').config.cacheMaxSize).toBe(500 * 1024 ** 2)
     expect(size('2G').config.cacheMaxSize).toBe(2 * 1024 ** 3)
@@ -35,14 +35,14 @@ describe('parseConfig', () => {
     expect(size('2GB').config.cacheMaxSize).toBe(2e9)
     expect(size('123456').config.cacheMaxSize).toBe(123456)
     expect(size('64k').config.cacheMaxSize).toBe(65536)
-    expect(parseConfig({ GREEDY_CACHE_MAX_SIZE: '1G' }, { 'max-size': '10M' }).config.cacheMaxSize).toBe(10 * 1024 ** 2)
+    expect(parseConfig({ GREEDY_CACHE_MAX_SIZE: '1G' }, { 'cache-max-size': '10M' }).config.cacheMaxSize).toBe(10 * 1024 ** 2)
     expect(parseConfig({}).config.cacheMaxSize).toBeUndefined()
     for (const bad of ['lots', '0', '-1G', '2 P', '1.5.2G']) {
       const r = size(bad)
-      expect(r.errors).toEqual([`GREEDY_CACHE_MAX_SIZE: "${bad}" expected a size such as 500M, 2G, 1.5GiB or a number of bytes`])
-      expect(r.config.backend).toBe('none')
+      expect(r.warnings).toEqual([`GREEDY_CACHE_MAX_SIZE: "${bad}" expected a size such as 500M, 2G, 1.5GiB or a number of bytes; using no budget`])
+      expect(r.config).toMatchObject({ backend: 'nix', cacheMaxSize: undefined }) // a tuning typo never turns the cache off
     }
-    expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'max-size': 'huge' }).errors).toEqual(['--max-size: "huge" expected a size such as 500M, 2G, 1.5GiB or a number of bytes'])
+    expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'cache-max-size': 'huge' }).warnings).toEqual(['--cache-max-size: "huge" expected a size such as 500M, 2G, 1.5GiB or a number of bytes; using no budget'])
   })
 
   it('push jobs: 1 for a file:// cache, 16 for a remote store URL, 2 for attic; GREEDY_PUSH_JOBS wins; a bad value is named', () => {
@@ -53,9 +53,9 @@ describe('parseConfig', () => {
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_PUSH_JOBS: '4' }).config.pushJobs).toBe(4)
     expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c' }, { 'push-jobs': 3 }).config.pushJobs).toBe(3)
     for (const bad of ['0', '65', 'many', '2.5']) {
-      expect(parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_PUSH_JOBS: bad }).errors).toEqual([
-        `GREEDY_PUSH_JOBS: "${bad}" expected a whole number from 1 to 64`,
-      ])
+      const r = parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', GREEDY_PUSH_JOBS: bad })
+      expect(r.warnings).toEqual([`GREEDY_PUSH_JOBS: "${bad}" expected a whole number from 1 to 64; using the cache's default`])
+      expect(r.config).toMatchObject({ backend: 'nix', pushJobs: 1 })
     }
   })
 
@@ -64,7 +64,7 @@ describe('parseConfig', () => {
     expect(config).toMatchObject({ atticCache: 'flag', drainTimeout: 7, strict: true })
   })
 
-  it('keeps GREEDY_STRICT=1 when the --strict flag is absent (minimist reports it as false)', () => {
+  it('keeps GREEDY_STRICT=1 when the --strict flag is absent (an absent boolean flag may arrive as false)', () => {
     expect(parseConfig({ GREEDY_STRICT: '1' }, { strict: false }).config.strict).toBe(true)
   })
 
@@ -72,9 +72,6 @@ describe('parseConfig', () => {
     ['ATTIC_SERVER', 'ftp://x', /^ATTIC_SERVER: "ftp:\/\/x" expected an http:\/\/ or https:\/\/ URL/],
     ['ATTIC_SERVER', ' , ', /^ATTIC_SERVER: " , " expected at least one URL/],
     ['GREEDY_CACHE_URL', 'cache.example.org', /^GREEDY_CACHE_URL: "cache.example.org" expected a Nix store URL/],
-    ['GREEDY_DRAIN_TIMEOUT', 'soon', /^GREEDY_DRAIN_TIMEOUT: "soon" expected a number of seconds/],
-    ['GREEDY_STRICT', 'maybe', /^GREEDY_STRICT: "maybe" expected 1 or 0/],
-    ['GREEDY_INCLUDE', '(', /^GREEDY_INCLUDE: "\(" expected a regular expression/],
     ['GREEDY_TRUSTED_PUBLIC_KEYS', 'nokey', /^GREEDY_TRUSTED_PUBLIC_KEYS: "nokey" expected name:base64 public keys/],
     ['ATTIC_CACHE', 'my cache', /^ATTIC_CACHE: "my cache" expected an attic cache name/],
     // attic's rule (attic/src/cache.rs): no dots, no leading "-", at most 50 characters.
@@ -86,6 +83,20 @@ describe('parseConfig', () => {
     expect(errors).toHaveLength(1)
     expect(errors[0]).toMatch(message)
     expect(config.backend).toBe('none') // a bad config disables the cache, it does not half-apply
+  })
+
+  it.each([
+    ['GREEDY_DRAIN_TIMEOUT', '5m', 'expected a number of seconds (0 or more); using the default, 120', { drainTimeout: 120 }],
+    ['GREEDY_WATCH_MAX_AGE', '1d', 'expected a whole number of seconds (1 or more); using the default, 2678400', { watchMaxAge: 2678400 }],
+    ['GREEDY_STRICT', 'maybe', 'expected true or false (1/0, yes/no, on/off); using false', { strict: false }],
+    ['GREEDY_DEBUG', 'loud', 'expected true or false (1/0, yes/no, on/off); using false', { debug: false }],
+    ['GREEDY_INCLUDE', '(', 'expected a regular expression (Invalid regular expression: /(/: Unterminated group); using every path', { include: undefined }],
+    ['GREEDY_EXCLUDE', '[', 'expected a regular expression (Invalid regular expression: /[/: Unterminated character class); using none excluded', { exclude: undefined }],
+  ] as const)('a bad %s is named, its default used, and the cache stays on', (name, value, message, used) => {
+    const { config, errors, warnings } = parseConfig({ GREEDY_CACHE_URL: 'file:///tmp/c', [name]: value })
+    expect(errors).toEqual([])
+    expect(warnings).toEqual([`${name}: "${value}" ${message}`])
+    expect(config).toMatchObject({ backend: 'nix', ...used })
   })
 
   it.each(['team+ci', 'main', 'a_b-c', '0', 'x'.repeat(50)])('accepts the attic cache name %s', (name) => {
@@ -124,10 +135,12 @@ describe('parseConfig', () => {
     expect(config.exclude?.test('/nix/store/x-vendor-1')).toBe(true)
   })
 
-  it('documents every variable in the help text', () => {
+  it('documents every variable in the help text, within 100 columns', () => {
+    const text = settingsHelp(Object.keys(VARIABLES) as Variable[])
     for (const v of ['ATTIC_SERVER', 'ATTIC_CACHE', 'ATTIC_TOKEN', 'ATTIC_TOKEN_FILE', 'GREEDY_CACHE_URL', 'GREEDY_SIGNING_KEY',
       'GREEDY_SIGNING_KEY_FILE', 'GREEDY_TRUSTED_PUBLIC_KEYS', 'GREEDY_CLIENT', 'GREEDY_STATE_DIR', 'GREEDY_DRAIN_TIMEOUT',
-      'GREEDY_INCLUDE', 'GREEDY_EXCLUDE', 'GREEDY_STRICT']) expect(configHelp()).toContain(v)
+      'GREEDY_INCLUDE', 'GREEDY_EXCLUDE', 'GREEDY_STRICT', 'GREEDY_DEBUG', 'GREEDY_CACHE_MAX_SIZE', 'GREEDY_PUSH_JOBS']) expect(text).toContain(v)
+    for (const line of text.split('\n')) expect(line.length, line).toBeLessThanOrEqual(100)
   })
 })
 
