@@ -9,13 +9,14 @@ import {
   ATTIC_DOUBLE, DIST, ROOT, chainPaths, deleteFromStore, inFileCache, makeKeys, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
   type FlakeSpec, type Ran,
 } from './helpers.js'
+import { startPackageRegistry } from './gitlab-packages.js'
 import { freePort, startAtticServer, startNginx, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
 const GCL = path.join(ROOT, 'node_modules', '.bin', 'gitlab-ci-local')
 const JOB = 'nix-build'
 
-const servers: Nginx[] = []
+const servers: Array<{ stop(): Promise<void> }> = []
 afterEach(async () => {
   await Promise.all(servers.splice(0).map((s) => s.stop()))
 })
@@ -30,8 +31,8 @@ interface Example {
   state: string
   /** Write the flake and .gitlab-ci.yml, commit (the component is included at HEAD). */
   commit(flake: FlakeSpec, extraYaml?: string): void
-  /** One pipeline on a fresh runner: its own HOME and nix.conf; the project folder as GitLab leaves it. */
-  pipeline(env?: NodeJS.ProcessEnv): Promise<Ran & { log: string }>
+  /** One pipeline on a fresh runner: its own HOME and nix.conf; the project folder as GitLab leaves it. `variables`: predefined ones GitLab would set. */
+  pipeline(env?: NodeJS.ProcessEnv, variables?: Record<string, string>): Promise<Ran & { log: string }>
 }
 
 /** A project with the component as a local component, the bundle vendored, and the given inputs. */
@@ -59,12 +60,12 @@ function example(name: string, inputs: Record<string, string>, env: NodeJS.Proce
       git(project, 'add', '-A')
       git(project, 'commit', '-qm', `pipeline ${uid()}`)
     },
-    async pipeline(extra = {}) {
+    async pipeline(extra = {}, variables = {}) {
       // What a fresh checkout does not have: the last job's out-links and state (the cache dir is GitLab's cache).
       for (const f of fs.readdirSync(project)) if (f.startsWith('result') || f === '.greedy-nix') fs.rmSync(path.join(project, f), { recursive: true })
       const home = path.join(dir, `runner-${++runs}`)
       // gitlab-ci-local gives jobs with an image CI_PROJECT_DIR=/builds/… even on the shell executor; a runner gives the checkout.
-      const args = ['--force-shell-executor', '--variable', `CI_PROJECT_DIR=${project}`, JOB]
+      const args = ['--force-shell-executor', '--variable', `CI_PROJECT_DIR=${project}`, ...Object.entries(variables).flatMap(([k, v]) => ['--variable', `${k}=${v}`]), JOB]
       const r = await runCmd(GCL, args, { cwd: project, env: nixEnv(home, { ...env, ...extra }), timeoutMs: 300_000 })
       const logFile = path.join(project, '.gitlab-ci-local', 'output', `${JOB}.log`)
       return { ...r, log: fs.existsSync(logFile) ? fs.readFileSync(logFile, 'utf8') : '' }
@@ -167,11 +168,12 @@ describe('the nix-build component under gitlab-ci-local', () => {
     const r = await runCmd(GCL, ['--preview'], { cwd: dir, env: nixEnv(tmpDir()) })
     expect(r.code, r.out).toBe(0)
     const expanded = yaml.load(r.stdout.slice(r.stdout.indexOf('---'))) as Record<string, Record<string, unknown>>
-    expect(Object.keys(expanded)).toEqual(expect.arrayContaining(['lint', 'test', 'bundles', 'example:greedy', 'npm:publish', 'release']))
+    expect(Object.keys(expanded)).toEqual(expect.arrayContaining(['lint', 'test', 'bundles', 'example:greedy', 'npm:publish', 'package:bundles', 'release']))
     expect(expanded['example:greedy']).toMatchObject({ needs: [{ job: 'bundles' }], interruptible: true })
     expect(JSON.stringify(expanded['example:greedy']!.script)).toContain('./example#default')
     // Nothing is published unless the component worked on this commit; the catalog release uses glab.
-    for (const job of ['npm:publish', 'release']) expect(expanded[job]!.needs).toEqual(expect.arrayContaining([expect.objectContaining({ job: 'example:greedy' })]))
+    for (const job of ['npm:publish', 'package:bundles', 'release']) expect(expanded[job]!.needs).toEqual(expect.arrayContaining([expect.objectContaining({ job: 'example:greedy' })]))
+    expect(expanded.release!.needs).toEqual(expect.arrayContaining([expect.objectContaining({ job: 'package:bundles' })]))
     expect(expanded.release!.image).toMatchObject({ name: 'registry.gitlab.com/gitlab-org/cli:latest' })
     expect(fs.existsSync(path.join(ROOT, 'LICENSE'))).toBe(true)
   })
@@ -269,5 +271,53 @@ describe('the nix-build component under gitlab-ci-local', () => {
       expect(r.code, r.out).toBe(0)
       expect(r.log).toMatch(/pushed 1 store paths incrementally/)
     }
+  })
+
+  it("self-hosted GitLab without npm or a CDN: the bundle comes from the project's own generic package registry, with the job token", async () => {
+    const token = `job-${uid()}`
+    // A mirror of greedy-nix at tools/greedy-nix on this instance, whose release job uploaded the bundle (.gitlab-ci.yml).
+    const registry = await startPackageRegistry({ 'tools/greedy-nix/greedy-nix/0.1.0/greedy-nix.mjs': path.join(DIST, 'greedy-nix.mjs') }, token)
+    servers.push(registry)
+    const [secret] = makeKeys(nixEnv(tmpDir('greedy-gitlab-keys-')), `gitlab-${uid()}`)
+    const ex = example('registry', { 'script-source': '"gitlab:tools/greedy-nix@0.1.0 npm:0.1.0"', 'cache-url': 'file://$CI_PROJECT_DIR/.nix-cache' }, { GREEDY_SIGNING_KEY: secret })
+    ex.commit({ prefix: `gl-registry-${uid()}`, chain: 2 })
+    const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
+    const r = await ex.pipeline({}, { CI_API_V4_URL: registry.apiUrl, CI_JOB_TOKEN: token })
+    expect(r.code, r.log).toBe(0)
+    expect(registry.tokens).toEqual([token]) // one request, with the job token; npm never tried
+    expect(r.log).toMatch(/pushed 2 store paths incrementally/)
+    expect(links.map((p) => inFileCache(path.join(ex.project, '.nix-cache'), p))).toEqual([true, true])
+    expect(r.log).not.toContain(token)
+  })
+
+  it('greedy-nix cannot be fetched (nothing published, no registry reachable): the job still builds with one warning, its result is the build\'s; strict fails it', async () => {
+    const registry = await startPackageRegistry({}, 'token') // the instance has no such package
+    servers.push(registry)
+    // The component's default has this shape: this instance's package registry, then npm (here a tarball that is not there).
+    const sources = `"gitlab:greedy-nix/greedy-nix@0.1.0 npm:${path.join(tmpDir('greedy-gitlab-nonpm-'), 'greedy-nix-0.1.0.tgz')}"`
+    const variables = { CI_API_V4_URL: registry.apiUrl, CI_JOB_TOKEN: 'token-of-another-project' }
+    const warning = /greedy-nix: WARNING: greedy-nix could not be fetched from: .*; this job builds with plain nix build, without the cache/g
+    for (const failAt of [undefined, 2]) {
+      const ex = example('unfetched', { 'script-source': sources, 'cache-url': 'file://$CI_PROJECT_DIR/.nix-cache' })
+      ex.commit({ prefix: `gl-unfetched-${uid()}`, chain: 2, failAt })
+      const links = chainPaths(nixEnv(tmpDir()), ex.project, 2)
+      const r = await ex.pipeline({}, variables)
+      expect(r.log.match(warning), r.log).toHaveLength(1)
+      expect(r.log).toContain('building link 1') // the builder's output is shown (nix build -L)
+      if (failAt) {
+        expect(r.code).not.toBe(0)
+        expect(r.log).toContain('link 2 fails on purpose')
+      } else {
+        expect(r.code, r.log).toBe(0)
+        expect(fs.realpathSync(path.join(ex.project, 'result'))).toBe(links[1]) // the same out-link as greedy-nix build
+      }
+      expect(fs.existsSync(path.join(ex.project, '.nix-cache'))).toBe(false)
+    }
+    const strict = example('unfetched-strict', { 'script-source': sources, strict: '"true"' })
+    strict.commit({ prefix: `gl-unfetched-${uid()}`, chain: 1 })
+    const s = await strict.pipeline({}, variables)
+    expect(s.code).not.toBe(0)
+    expect(s.log).toContain('greedy-nix: ERROR: greedy-nix could not be fetched from')
+    expect(s.log).not.toContain('building link 1')
   })
 })

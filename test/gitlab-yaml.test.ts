@@ -58,7 +58,8 @@ describe('GitLab CI YAML', () => {
     expect(base.after_script).toEqual(job.after_script)
     expect(base.artifacts).toEqual(job.artifacts)
     const inputs = (docs('templates/nix-build.yml')[0]!.spec as { inputs: Record<string, { default?: unknown }> }).inputs
-    expect(inputs['script-source']!.default).toBe(`npm:${version}`)
-    expect((base.variables as Record<string, string>).GREEDY_SCRIPT_SOURCE).toBe(`npm:${version}`)
+    // This instance's package registry first (the release job uploads there), then npm.
+    expect(inputs['script-source']!.default).toBe(`gitlab:greedy-nix/greedy-nix@${version} npm:${version}`)
+    expect((base.variables as Record<string, string>).GREEDY_SCRIPT_SOURCE).toBe(`gitlab:greedy-nix/greedy-nix@${version} npm:${version}`)
   })
 })
