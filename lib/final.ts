@@ -52,13 +52,24 @@ export function countFailures(status: WatcherStatus | undefined, final: FinalPus
   return { incremental, final: later.length, list: [...earlier, ...later] }
 }
 
-/** ./result, ./result-dev, …: the out-links `nix build` left (none is fine). */
-export async function resultLinks(cwd = process.cwd()): Promise<string[]> {
+/**
+ * ./result, ./result-dev, …: the out-links `nix build` left (none is fine). With `since` (when
+ * this job's first build started), a link older than that is an earlier run's, left in a
+ * folder the runner kept: its name goes to `stale` and its path is not returned (Nix writes a
+ * new link for every out-link of a build: gc.cc `addPermRoot` → util.cc `replaceSymlink`, a
+ * fresh link renamed over the old, 2.8.0; so a link this job made is never older).
+ */
+export async function resultLinks(cwd = process.cwd(), since?: number, stale: string[] = []): Promise<string[]> {
   const links = (await fs.readdir(cwd)).filter((name) => name === 'result' || name.startsWith('result-')).sort()
   const targets: string[] = []
   for (const link of links) {
     try {
-      targets.push(await fs.realpath(path.resolve(cwd, link)))
+      const file = path.resolve(cwd, link)
+      if (since !== undefined && (await fs.lstat(file)).mtimeMs < since - 1000) {
+        stale.push(link)
+        continue
+      }
+      targets.push(await fs.realpath(file))
     } catch {
       // a dangling link: nothing to push
     }

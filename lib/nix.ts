@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import os from 'node:os'
 import { run, type RunResult } from './exec.js'
-import { BuildLog, parseNixLogLine, type BuildCounts, type NixLogEvent } from './nixlog.js'
+import { BuildLog, parseNixLogLine, type BuildCounts, type FailedBuild, type NixLogEvent } from './nixlog.js'
 
 export const storeDir = (env: NodeJS.ProcessEnv = process.env): string => env.NIX_STORE_DIR ?? '/nix/store'
 
@@ -236,12 +236,17 @@ export interface BuildResult extends BuildCounts {
   exitCode: number
   /** Nix's error messages (also among the lines given to onLine). */
   errors: readonly string[]
+  /** Derivations whose builder failed, with their last output lines. */
+  failures: readonly FailedBuild[]
+  /** Wall time of the build, in seconds. */
+  seconds: number
 }
 
 /** `nix build` with the machine log: prints a readable log and counts built and substituted paths exactly. */
 export function build(opts: BuildOptions): Promise<BuildResult> {
   return new Promise((resolve) => {
     const log = new BuildLog()
+    const started = Date.now()
     const child = spawn('nix', nixArgs('build', '--log-format', 'internal-json', ...opts.args), {
       stdio: ['ignore', 'inherit', 'pipe'],
       env: opts.env ?? process.env,
@@ -260,7 +265,7 @@ export function build(opts: BuildOptions): Promise<BuildResult> {
     })
     const finish = (exitCode: number) => {
       opts.signal?.removeEventListener('abort', onAbort)
-      resolve({ exitCode, ...log.counts(), errors: log.errors })
+      resolve({ exitCode, ...log.counts(), errors: log.errors, failures: log.failedBuilds, seconds: (Date.now() - started) / 1000 })
     }
     child.on('error', (err) => {
       opts.onLine(`nix could not be started: ${err.message}`)

@@ -97,6 +97,17 @@ export function drvName(drvPath: string): string {
   return base.replace(/^[0-9a-z]{32}-/, '')
 }
 
+/** Lines of a failed builder's own output kept for the log and the summary. */
+export const TAIL_LINES = 25
+/** Stopped builds whose last lines are kept until a failure message may name them (it follows the stop). */
+const TAILS_KEPT = 64
+
+export interface FailedBuild {
+  drv: string
+  /** The builder's last output lines (at most TAIL_LINES). */
+  tail: string[]
+}
+
 /** A build or substitution activity that stopped: done, failed, or cancelled (which the stop alone cannot tell). */
 interface Stopped {
   kind: 'build' | 'substitution'
@@ -121,6 +132,10 @@ export class BuildLog {
   /** Stops no event has followed yet but other stops and error messages. */
   private pendingStops: Stopped[] = []
   private readonly failedDrvs = new Set<string>()
+  /** Last output lines per drv: of running builds, and of the last TAILS_KEPT stopped ones. */
+  private readonly tails = new Map<string, string[]>()
+  /** Failed builds with their last lines, in the order Nix reported them. */
+  private readonly failures: FailedBuild[] = []
   private readonly errorMessages: string[] = []
   private readonly errorTexts = new Set<string>()
   /** Nix's own progress counters: [done, expected, running, failed] per ACT_BUILDS / ACT_COPY_PATHS activity. */
@@ -131,6 +146,25 @@ export class BuildLog {
   private movedOn = 0
   /** When Nix said it was interrupted: `index` and `movedOn` then. */
   private interrupted?: { index: number; movedOn: number }
+
+  /** The derivations whose builder failed, each with its last output lines. */
+  get failedBuilds(): readonly FailedBuild[] {
+    return this.failures
+  }
+
+  private keepLine(drv: string, line: string): void {
+    let tail = this.tails.get(drv)
+    if (!tail) this.tails.set(drv, (tail = []))
+    tail.push(stripAnsi(line))
+    if (tail.length > TAIL_LINES) tail.shift()
+  }
+
+  /** Keeps the tails of running builds and of the last TAILS_KEPT that stopped: memory stays flat on a wide build. */
+  private forgetOldTails(): void {
+    const running = new Set(this.builds.values())
+    let stopped = 0
+    for (const drv of [...this.tails.keys()].reverse()) if (!running.has(drv) && ++stopped > TAILS_KEPT) this.tails.delete(drv)
+  }
 
   /** Nix's error messages so far, each once, to repeat where a collapsed log section would hide them. */
   get errors(): readonly string[] {
@@ -166,6 +200,7 @@ export class BuildLog {
         const key = act.type === ACT_BUILD ? this.builds.get(ev.id!) : act.type === ACT_SUBSTITUTE ? this.substitutions.get(ev.id!) : undefined
         this.builds.delete(ev.id!)
         this.substitutions.delete(ev.id!)
+        if (key !== undefined && act.type === ACT_BUILD) this.forgetOldTails()
         if (key !== undefined) {
           const s: Stopped = { kind: act.type === ACT_BUILD ? 'build' : 'substitution', key, movedOn: this.movedOn, index: this.index }
           this.stopped.push(s)
@@ -179,6 +214,7 @@ export class BuildLog {
         const drv = ev.id === undefined ? undefined : this.builds.get(ev.id)
         const line = ev.fields?.[0]
         if (drv && (ev.type === RES_BUILD_LOG_LINE || ev.type === RES_POST_BUILD_LOG_LINE) && typeof line === 'string') {
+          this.keepLine(drv, line)
           return [`${drvName(drv)}> ${line}`]
         }
         return []
@@ -217,7 +253,10 @@ export class BuildLog {
       this.errorMessages.push(msg)
     }
     const failure = failureOf(msg)
-    if (failure && !failure.dependency) this.failedDrvs.add(failure.drv)
+    if (failure && !failure.dependency && !this.failedDrvs.has(failure.drv)) {
+      this.failedDrvs.add(failure.drv)
+      this.failures.push({ drv: failure.drv, tail: this.tails.get(failure.drv) ?? [] })
+    }
     for (const s of this.pendingStops) s.errorNext = true
     this.pendingStops = []
     // SIGINT, SIGTERM and SIGHUP all end Nix with this (src/libutil/unix/signals.cc; Lix lix/libutil/signals.cc).
@@ -265,4 +304,20 @@ export class BuildLog {
       failed: Math.max(countedFailed, this.failedDrvs.size),
     }
   }
+}
+
+/** A failed builder's last lines, each under its name, to print after the (collapsed) build log. */
+export function failureTails(failures: readonly FailedBuild[]): string[] {
+  return failures.flatMap((f) => [
+    `${drvName(f.drv)}: the builder failed${f.tail.length ? `; its last ${f.tail.length} line(s)` : ' without output'} (all of it: nix log ${f.drv})`,
+    ...f.tail.map((l) => `  ${drvName(f.drv)}> ${l}`),
+  ])
+}
+
+/** "nix build exited 1 after 12.3s: 2 built, 0 substituted, 1 failed (hello-1.0)" */
+export function buildLine(r: BuildCounts & { exitCode: number; seconds: number; failures: readonly FailedBuild[] }): string {
+  const names = r.failures.map((f) => drvName(f.drv))
+  const shown = names.length > 5 ? [...names.slice(0, 5), `${names.length - 5} more`] : names
+  return `nix build exited ${r.exitCode} after ${r.seconds.toFixed(1)}s: ${r.built} built, ${r.substituted} substituted` +
+    (r.failed ? `, ${r.failed} failed${shown.length ? ` (${shown.join(', ')})` : ''}` : '')
 }

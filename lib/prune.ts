@@ -223,7 +223,8 @@ export async function prune(opts: PruneOptions): Promise<PruneReport> {
     const report: PruneReport = { maxSize: opts.maxSize, sizeBefore: scan.total, sizeAfter: scan.total, evictedPaths: 0, evictedBytes: 0, orphans: 0, kept: keep.size, ranking: index.ok ? 'index' : 'mtime' }
     if (opts.maxSize !== undefined && scan.total > opts.maxSize) {
       // Without the index a ranking by file times is a guess (a cache restored from an archive may carry new ones).
-      if (!index.ok) opts.warn(`${index.problem}: ranking the cache's paths by modification time`)
+      // A cache with no index yet is the normal first state (information); an unreadable one is a problem.
+      if (!index.ok) (index.missing ? opts.log : opts.warn)(`${index.problem}: ranking the cache's paths by modification time`)
       // Leftovers of interrupted uploads go first: they serve no one.
       for (const f of scan.leftovers) {
         if (now - f.mtime < ORPHAN_GRACE_MS) continue
@@ -382,7 +383,7 @@ function removeFile(file: string): boolean {
   }
 }
 
-type Index = { ok: true; used: Map<string, number> } | { ok: false; used: Map<string, number>; problem: string }
+type Index = { ok: true; used: Map<string, number> } | { ok: false; used: Map<string, number>; problem: string; missing?: boolean }
 
 /** `{"version":1,"used":{"<hash>":<ms>}}`; anything else is a problem, named. */
 async function readIndex(file: string): Promise<Index> {
@@ -391,7 +392,7 @@ async function readIndex(file: string): Promise<Index> {
     text = await fs.readFile(file, 'utf8')
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code
-    return { ok: false, used: new Map(), problem: code === 'ENOENT' ? `the cache has no index of last uses (${path.basename(file)}) yet` : `cannot read ${file} (${code})` }
+    return { ok: false, used: new Map(), problem: code === 'ENOENT' ? `the cache has no index of last uses (${path.basename(file)}) yet` : `cannot read ${file} (${code})`, missing: code === 'ENOENT' }
   }
   try {
     const data = JSON.parse(text) as { version?: unknown; used?: unknown }

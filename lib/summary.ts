@@ -17,6 +17,12 @@ export interface BuildSummary {
   built: number
   substituted: number
   runs: number
+  /** Derivations whose builder failed, over every run (absent in a build.json of an older release). */
+  failed?: string[]
+  /** Wall time of the builds, added up, in seconds. */
+  seconds?: number
+  /** When the job's first build started (ms since the epoch): out-links older than this are an earlier run's. */
+  startedAt?: number
 }
 
 export interface Summary {
@@ -33,7 +39,7 @@ export interface Summary {
 }
 
 /** Add one `build` run to <state>/build.json: a script may call build several times in a job. */
-export async function recordBuild(paths: StatePaths, run: BuildCounts & { exitCode: number }): Promise<BuildSummary> {
+export async function recordBuild(paths: StatePaths, run: BuildCounts & { exitCode: number; failures?: readonly { drv: string }[]; seconds?: number }): Promise<BuildSummary> {
   await fs.mkdir(paths.dir, { recursive: true })
   const prev = await readJson<BuildSummary>(paths.build)
   const next: BuildSummary = {
@@ -41,6 +47,9 @@ export async function recordBuild(paths: StatePaths, run: BuildCounts & { exitCo
     built: (prev?.built ?? 0) + run.built,
     substituted: (prev?.substituted ?? 0) + run.substituted,
     runs: (prev?.runs ?? 0) + 1,
+    failed: [...(prev?.failed ?? []), ...(run.failures ?? []).map((f) => f.drv)],
+    seconds: Number(((prev?.seconds ?? 0) + (run.seconds ?? 0)).toFixed(1)),
+    startedAt: prev?.startedAt ?? Date.now() - (run.seconds ?? 0) * 1000,
   }
   await writeJsonAtomic(paths.build, next)
   return next
@@ -123,6 +132,9 @@ export function openMetrics(s: Summary): string {
   metric('greedy_nix_push_failed', 'Store paths that failed to push.', s.incremental.failed + s.final.failed)
   metric('greedy_nix_built', 'Derivations built in this job.', s.build.built)
   metric('greedy_nix_substituted', 'Store paths substituted from a cache.', s.build.substituted)
+  if (s.build.seconds !== undefined) metric('greedy_nix_build_seconds', 'Wall time of the builds, in seconds.', s.build.seconds)
+  if (s.build.exitCode !== null) metric('greedy_nix_build_exit_code', "The last build's exit code (Nix's).", s.build.exitCode)
+  // Left out when nothing was built or substituted: 0/0 is no ratio, and a NaN would read as a change between pipelines.
   const rate = hitRate(s.build)
   if (rate !== undefined) metric('greedy_nix_cache_hit_ratio', 'Substituted / (built + substituted).', Number(rate.toFixed(4)))
   if (s.prune) {

@@ -8,7 +8,7 @@ import type { WatcherStatus } from '../lib/daemon.js'
 import { error, info, raw, section, sectionsEnabled, shortCommand, warn } from '../lib/log.js'
 import { recordRealised } from '../lib/attribution.js'
 import { build as nixBuild, nixBuildArgs, type BuildResult } from '../lib/nix.js'
-import type { NixLogEvent } from '../lib/nixlog.js'
+import { buildLine, failureTails, type NixLogEvent } from '../lib/nixlog.js'
 import { jobEnv, loadSession, noBootstrap } from '../lib/session.js'
 import { statePaths } from '../lib/state.js'
 import { recordBuild } from '../lib/summary.js'
@@ -55,7 +55,8 @@ export async function build(argv: string[]): Promise<number> {
   const onEvent = (ev: NixLogEvent) => recordRealised(paths.realised, ev) // tells our watcher what is ours
   const result = await section('build', shortCommand(['nix', 'build', ...args]), () => nixBuild({ args, onLine: raw, onEvent, signal: abort.signal, env: jobEnv(session) }))
   if (sectionsEnabled()) result.errors.forEach(raw) // the section is collapsed: errors stay in sight
-  info(`nix build exited ${result.exitCode}: ${result.built} built, ${result.substituted} substituted${result.failed ? `, ${result.failed} failed` : ''}`)
+  failureTails(result.failures).forEach(raw) // what the compiler said, in sight after a long log
+  info(buildLine(result))
   const budget = signalled ? Math.min(config.drainTimeout, CANCEL_BUDGET_S) : config.drainTimeout
   const cacheCode = await recordAndDrain(paths, result, budget, config.strict, signalled !== undefined)
 

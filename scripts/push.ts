@@ -58,7 +58,10 @@ export async function push(argv: string[]): Promise<number> {
   const gone = earlier ? 'was stopped by the earlier push' : stopped.state === 'died' ? 'died while draining' : 'was no longer running (the docker executor ends it with its stage)'
   if (!alive && status) info(`the watcher ${gone}: using its last counts`)
 
-  const results = await resultLinks()
+  const build = await readJson<BuildSummary>(paths.build)
+  const stale: string[] = []
+  const results = await resultLinks(process.cwd(), build?.startedAt, stale)
+  if (stale.length) info(`not pushing ${stale.map((l) => `./${l}`).join(', ')}: older than this job's build (an earlier run's)`)
   const targets = line.positionals.length > 0 ? line.positionals : results
   const final = session
     ? await section('push', 'final push', () => finalPush(session, targets, status, finalPushTimeoutMs(config.drainTimeout), info))
@@ -67,7 +70,6 @@ export async function push(argv: string[]): Promise<number> {
   const used = await substitutedPaths(paths.realised)
   const pruned = await pruneAfterJob({ session, maxSize: config.cacheMaxSize, keep: targets, used, log: info, warn })
 
-  const build = await readJson<BuildSummary>(paths.build)
   const summary = mergeSummaries(earlier, jobSummary({ backend: session?.backend, status, failures: countFailures(status, final), final, build, alive, prune: pruned.report }))
   for (const f of summary.failures) warn(`not pushed: ${f.path}: ${f.error}`)
   if (session?.backend === 'attic' && !(status?.client ?? session.client)) warn(`no attic client in this job: nothing was pushed; ${CLIENT_HINT}`)

@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { DIST, chainPaths, greedy, inFileCache, isValid, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, NIX_SYSTEM, chainPaths, greedy, inFileCache, isValid, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
 import { freePort } from './nginx.js'
 import { formatPidFile, processStartTime } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
@@ -68,6 +68,21 @@ describe("a new user's mistakes: each is named with its fix, and nothing is lost
     expect(right.code, right.out).toBe(0)
   })
 
+  it('installables beyond what one argument may hold (128 KiB) go through --installables-file; the header stays one short line', async () => {
+    const j = job()
+    writeFlake(j.project, { prefix: `many-${uid()}`, chain: 1 })
+    const one = `.#packages.${NIX_SYSTEM}.l1`
+    const list = Array.from({ length: 5000 }, () => one)
+    expect(JSON.stringify(list).length).toBeGreaterThan(128 * 1024) // Linux's MAX_ARG_STRLEN for one argument (E2BIG)
+    fs.writeFileSync(path.join(j.project, 'installables'), JSON.stringify(list))
+    const r = await greedy(j.env, j.project, 'build', '--installables-file', 'installables')
+    expect(r.code, r.out.slice(-2000)).toBe(0)
+    expect(fs.existsSync(path.join(j.project, 'result'))).toBe(true)
+    const header = r.stdout.split('\n').find((l) => l.startsWith('greedy-nix: nix build '))!
+    expect(header.length).toBeLessThan(250)
+    expect(header).toMatch(/ … \(\d{4} more arguments\)$/)
+  })
+
   it('a typo in a tuning setting falls back to its default; the cache stays on (strict: exit 1)', async () => {
     const cache = path.join(tmpDir('greedy-tuning-'), 'cache')
     const j = job({ GREEDY_CACHE_URL: `file://${cache}`, GREEDY_DRAIN_TIMEOUT: '5m' })
@@ -128,13 +143,28 @@ describe("a new user's mistakes: each is named with its fix, and nothing is lost
     expect(links.map((p) => inFileCache(other, p))).toEqual([true, true])
   })
 
+  it("a failed build leaves an earlier run's ./result: push says so and does not push it as this job's", async () => {
+    const cache = path.join(tmpDir('greedy-stale-'), 'cache')
+    const j = job({ GREEDY_CACHE_URL: `file://${cache}` })
+    writeFlake(j.project, { prefix: `stale-${uid()}`, chain: 1 })
+    expect((await runCmd('nix', nixArgs('build', '.#l1'), { env: j.env, cwd: j.project })).code).toBe(0) // an earlier job's build
+    const hourAgo = Date.now() / 1000 - 3600
+    fs.lutimesSync(path.join(j.project, 'result'), hourAgo, hourAgo)
+    expect((await greedy(j.env, j.project, 'bootstrap')).code).toBe(0)
+    expect((await greedy(j.env, j.project, 'build', '.#nope')).code).not.toBe(0)
+    const pushed = await greedy(j.env, j.project, 'push')
+    expect(pushed.out).toContain("not pushing ./result: older than this job's build (an earlier run's)")
+    expect(pushed.stdout).toMatch(/0 in the final push/)
+    expect(chainPaths(j.env, j.project, 1).map((p) => inFileCache(cache, p))).toEqual([false])
+  })
+
   it('a second push in the job pushes again with its key, blames no executor, and keeps the first summary', async () => {
     const cache = path.join(tmpDir('greedy-twice-'), 'cache')
     const [secret] = makeKeys(nixEnv(tmpDir('greedy-twice-keys-')), `twice-${uid()}`)
     const j = job({ GREEDY_CACHE_URL: `file://${cache}`, GREEDY_SIGNING_KEY: secret })
     writeFlake(j.project, { prefix: `twice-${uid()}`, chain: 2 })
     expect((await greedy(j.env, j.project, 'bootstrap')).code).toBe(0)
-    fs.rmSync(path.join(j.state, 'watch.pid')) // the docker executor: the watcher's stage is over before build
+    process.kill(Number(fs.readFileSync(path.join(j.state, 'watch.pid'), 'utf8').split('\n')[0]), 'SIGKILL') // the docker executor, early
     expect((await greedy(j.env, j.project, 'build')).code).toBe(0)
     const first = await greedy(j.env, j.project, 'push')
     expect(first.stdout).toMatch(/in the final push, 0 failed/)
@@ -146,7 +176,7 @@ describe("a new user's mistakes: each is named with its fix, and nothing is lost
     expect(second.out).not.toContain('executor')
     expect(second.out).not.toMatch(/failed to push|signing-key|No such file/)
     const after = readJsonFile<Summary>(path.join(j.state, 'summary.json'))
-    expect(after.final.pushed).toBe(before.final.pushed + 2)
+    expect(after.final.pushed, second.out).toBe(before.final.pushed + 2)
     expect(after.failures).toEqual([])
     expect(chainPaths(j.env, j.project, 2).map((p) => inFileCache(cache, p))).toEqual([true, true])
     expect(fs.existsSync(path.join(j.state, 'secrets'))).toBe(false)
@@ -229,7 +259,7 @@ describe('cache problems never fail the job unless GREEDY_STRICT=1', () => {
     const r = await greedy(j.env, j.project, 'build', '.#no-such-package')
     expect(r.code).toBe(1)
     expect(r.out).toMatch(/does not provide attribute 'packages\.[\w-]+\.no-such-package'/)
-    expect(r.out).toContain('nix build exited 1: 0 built, 0 substituted')
+    expect(r.out).toMatch(/nix build exited 1 after \d+\.\d+s: 0 built, 0 substituted/)
     expect((await greedy(j.env, j.project, 'push')).code).toBe(0)
   })
 
@@ -309,7 +339,8 @@ describe('job logs', () => {
 
   it('in a GitLab job, details sit in collapsed sections while errors and the summary stay in sight', async () => {
     const j = job({ GREEDY_CACHE_URL: `file://${tmpDir('greedy-cli-cache-')}`, GITLAB_CI: 'true' })
-    writeFlake(j.project, { prefix: `sections-${uid()}`, chain: 2, failAt: 2 })
+    const prefix = `sections-${uid()}`
+    writeFlake(j.project, { prefix, chain: 2, failAt: 2 })
     const log = (await merged(j.env, j.project, 'bootstrap')).out + (await merged(j.env, j.project, 'build')).out + (await merged(j.env, j.project, 'push')).out
     const at = (marker: RegExp) => log.search(marker)
     for (const name of ['bootstrap', 'build', 'push']) {
@@ -318,6 +349,14 @@ describe('job logs', () => {
     }
     const buildEnd = at(/section_end:\d+:greedy_build/)
     expect(log.lastIndexOf('failed with exit code 7')).toBeGreaterThan(buildEnd) // repeated outside the section
+    // The builder's own output (in a real job, the compiler's error) is in sight too, under the derivation's name.
+    const name = `${prefix}-2`
+    expect(log.lastIndexOf(`${name}: the builder failed; its last `)).toBeGreaterThan(buildEnd)
+    expect(log.lastIndexOf(`  ${name}> link 2 fails on purpose`)).toBeGreaterThan(buildEnd)
+    expect(log).toMatch(new RegExp(`nix build exited 1 after \\d+\\.\\d+s: 1 built, 0 substituted, 1 failed \\(${name}\\)`))
+    const build = readJsonFile<Summary>(path.join(j.state, 'summary.json')).build
+    expect(build.failed).toEqual([expect.stringMatching(new RegExp(`^/nix/store/[0-9a-z]{32}-${name}\\.drv$`))])
+    expect(build.seconds).toBeGreaterThan(0)
     expect(at(/pushed 1 store paths incrementally/)).toBeGreaterThan(at(/section_end:\d+:greedy_push/))
     expect(log).not.toMatch(/\x1b\[3\d/) // NO_COLOR wins over GitLab's colour
   })

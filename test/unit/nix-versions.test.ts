@@ -19,7 +19,7 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { parseNixVersion, parsePathInfoJson, pathInfoJsonArgs } from '../../lib/nix.js'
-import { BuildLog, failureOf, parseNixLogLine, type NixLogEvent } from '../../lib/nixlog.js'
+import { BuildLog, buildLine, failureTails, TAIL_LINES, failureOf, parseNixLogLine, type NixLogEvent } from '../../lib/nixlog.js'
 
 const fixture = (name: string) => fs.readFileSync(path.join(import.meta.dirname, '..', 'fixtures', name), 'utf8')
 const events = (name: string): NixLogEvent[] => fixture(name).split('\n').flatMap((l) => parseNixLogLine(l) ?? [])
@@ -284,5 +284,33 @@ describe('remote builders', () => {
   it('without a parent field (Nix 2.8 prints none), counters that start during a remote build are the builder’s', () => {
     const evs = events('nix-2.24.15-remote-build.txt').map(({ parent: _, ...ev }) => ev)
     expect(play(evs).log.counts()).toEqual({ built: 1, substituted: 0, failed: 0 })
+  })
+})
+
+describe("a failed builder's last lines (shown after the collapsed build log)", () => {
+  // Events as Nix prints them: actBuild (105) with the drv, resBuildLogLine (101) per line, its stop, then the error
+  // (derivation-goal.cc, 2.8.0 and 2.24.15: the goal fails after the activity ends).
+  const drv = (n: number) => `/nix/store/${String(n).padStart(32, 'a')}-pkg-${n}.drv`
+  const buildOf = (id: number, d: string, lines: number, fails: boolean): NixLogEvent[] => [
+    { action: 'start', id, level: 3, type: 105, text: `building '${d}'`, fields: [d, '', 1, 1] },
+    ...Array.from({ length: lines }, (_, i) => ({ action: 'result', id, type: 101, fields: [`line ${i + 1} of ${d}`] })),
+    { action: 'stop', id },
+    ...(fails ? [{ action: 'msg', level: 0, msg: `error: builder for '\x1b[35;1m${d}\x1b[0m' failed with exit code 2` }] : []),
+  ]
+
+  it('the recorded 2.8 run names its failed derivation', () => {
+    expect(play(events('nix-2.8-substitute-build-fail.txt')).log.failedBuilds.map((f) => f.drv)).toEqual(['/nix/store/fv39cg13fbm1jawmkdb6bscgsgvfq81c-cap2-d.drv'])
+  })
+
+  it(`keeps the last ${TAIL_LINES} lines of each failed builder, after hundreds of builds that succeeded`, () => {
+    const evs = [...Array.from({ length: 500 }, (_, i) => buildOf(i + 10, drv(i + 10), 40, false)).flat(), ...buildOf(1, drv(1), 40, true), ...buildOf(2, drv(2), 3, true)]
+    const { log } = play(evs)
+    expect(log.failedBuilds.map((f) => [f.drv, f.tail.length, f.tail[0], f.tail.at(-1)])).toEqual([
+      [drv(1), TAIL_LINES, `line ${40 - TAIL_LINES + 1} of ${drv(1)}`, `line 40 of ${drv(1)}`],
+      [drv(2), 3, `line 1 of ${drv(2)}`, `line 3 of ${drv(2)}`],
+    ])
+    expect((log as unknown as { tails: Map<string, string[]> }).tails.size).toBeLessThanOrEqual(64 + 2) // flat, not 502 tails
+    expect(failureTails(log.failedBuilds)[0]).toBe(`pkg-1: the builder failed; its last ${TAIL_LINES} line(s) (all of it: nix log ${drv(1)})`)
+    expect(buildLine({ exitCode: 1, seconds: 3.04, ...log.counts(), failures: log.failedBuilds })).toBe('nix build exited 1 after 3.0s: 500 built, 0 substituted, 2 failed (pkg-1, pkg-2)')
   })
 })
