@@ -267,7 +267,11 @@ export const loadSession = (paths: StatePaths) => readJson<Session>(paths.sessio
  * the attic client from where bootstrap would look. No watcher, no substituter.
  */
 export async function sessionForPush(config: Config, paths: StatePaths): Promise<{ session: Session } | { reason: string }> {
-  await fs.mkdir(paths.dir, { recursive: true })
+  try {
+    await fs.mkdir(paths.secrets, { recursive: true, mode: 0o700 })
+  } catch (err) {
+    return { reason: `cannot create the state dir ${paths.dir}: ${(err as Error).message}` }
+  }
   const prepared = await prepareSession(config, paths)
   if (!prepared.ok) return { reason: prepared.reason }
   const session = prepared.session

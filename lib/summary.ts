@@ -27,7 +27,8 @@ export interface BuildSummary {
 
 export interface Summary {
   backend: Backend
-  incremental: PushCounts & { cached: number; skipped: number }
+  /** `bytes`: NAR bytes (uncompressed) of the paths the watcher pushed. */
+  incremental: PushCounts & { cached: number; skipped: number; bytes?: number }
   final: PushCounts
   build: BuildSummary
   /** Paths that failed to push, first few only, for the log. */
@@ -58,7 +59,7 @@ export async function recordBuild(paths: StatePaths, run: BuildCounts & { exitCo
 /** The job's summary from what push gathered: the watcher's last counts, the final push, the builds. */
 export function jobSummary(j: {
   backend: Backend | undefined
-  status: { counts: { pushed: number; cached: number; skipped: number } } | undefined
+  status: { counts: { pushed: number; cached: number; skipped: number; pushedBytes?: number } } | undefined
   failures: { incremental: number; final: number; list: Summary['failures'] }
   final: { pushed: readonly string[] }
   build: BuildSummary | undefined
@@ -72,6 +73,7 @@ export function jobSummary(j: {
       failed: j.failures.incremental,
       cached: j.status?.counts.cached ?? 0,
       skipped: j.status?.counts.skipped ?? 0,
+      bytes: j.status?.counts.pushedBytes ?? 0,
     },
     final: { pushed: j.final.pushed.length, failed: j.failures.final },
     build: j.build ?? { exitCode: null, built: 0, substituted: 0, runs: 0 },
@@ -107,8 +109,12 @@ export function hitRate(b: BuildSummary): number | undefined {
 export function summaryLine(s: Summary): string {
   const rate = hitRate(s.build)
   const failed = s.incremental.failed + s.final.failed
+  // Alone on a machine the watcher pushes every new path: with nothing from greedy-nix build, they are other builds'.
+  const whose = s.incremental.pushed === 0 || s.build.built + s.build.substituted > 0 ? ''
+    : s.build.runs === 0 ? ' (other nix commands\' paths: greedy-nix build did not run in this job)'
+    : " (other builds' paths: greedy-nix build built and substituted nothing)"
   return [
-    `pushed ${s.incremental.pushed} store paths incrementally`,
+    `pushed ${s.incremental.pushed} store paths incrementally${whose}`,
     `${s.final.pushed} in the final push`,
     `${failed} failed`,
     `cache hit rate ${rate === undefined ? 'n/a' : `${Math.round(rate * 100)}%`} (${s.build.substituted} substituted, ${s.build.built} built)`,
@@ -129,6 +135,7 @@ export function openMetrics(s: Summary): string {
   }
   metric('greedy_nix_pushed_incremental', 'Store paths pushed by the watcher while the build ran.', s.incremental.pushed)
   metric('greedy_nix_pushed_final', 'Store paths pushed by the final push.', s.final.pushed)
+  if (s.incremental.bytes !== undefined) metric('greedy_nix_pushed_bytes', 'NAR bytes (uncompressed) of the store paths the watcher pushed.', s.incremental.bytes)
   metric('greedy_nix_push_failed', 'Store paths that failed to push.', s.incremental.failed + s.final.failed)
   metric('greedy_nix_built', 'Derivations built in this job.', s.build.built)
   metric('greedy_nix_substituted', 'Store paths substituted from a cache.', s.build.substituted)

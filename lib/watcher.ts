@@ -13,6 +13,8 @@ export interface WatcherCounts {
   /** Valid new paths seen. */
   seen: number
   pushed: number
+  /** NAR bytes of the paths pushed (uncompressed; absent in a status of an older release). */
+  pushedBytes?: number
   /** Already in the cache (or an upstream one): nothing to upload. */
   cached: number
   failed: number
@@ -71,14 +73,15 @@ export class StoreWatcher {
   private fsWatcher: fs.FSWatcher | undefined
   private sink: PushSink | undefined
   private backlog: string[] = []
-  private readonly outstanding = new Set<string>()
+  /** Paths handed to the sink and not settled yet, with their NAR sizes. */
+  private readonly outstanding = new Map<string, number>()
   /** Names counted as pushed: a dependency pushed with its dependant is reported again. */
   private readonly pushedNames = new NameSet()
   private readonly skipKeys: ReadonlySet<string>
   private readonly serve = new ServeConnection(60_000, () => this.opts.debug?.('nix-store --serve started'))
   private serveFailures = 0
   readonly failures = new Map<string, string>()
-  readonly counts: WatcherCounts = { seen: 0, pushed: 0, cached: 0, failed: 0, skipped: 0, pending: 0 }
+  readonly counts: WatcherCounts = { seen: 0, pushed: 0, pushedBytes: 0, cached: 0, failed: 0, skipped: 0, pending: 0 }
 
   constructor(private readonly opts: WatcherOptions) {
     this.sink = opts.sink
@@ -188,7 +191,7 @@ export class StoreWatcher {
         this.opts.debug?.(`skipped (${reason}): ${info.path}`)
       } else toPush.push(info.path)
     }
-    if (toPush.length > 0) await this.hand(toPush, new Map(infos.map((i) => [i.path, i.references])))
+    if (toPush.length > 0) await this.hand(toPush, new Map(infos.map((i) => [i.path, i.references])), new Map(infos.map((i) => [i.path, i.narSize ?? 0])))
     this.opts.onChange?.()
   }
 
@@ -250,7 +253,7 @@ export class StoreWatcher {
     return undefined
   }
 
-  private async hand(paths: string[], references: ReadonlyMap<string, readonly string[]>): Promise<void> {
+  private async hand(paths: string[], references: ReadonlyMap<string, readonly string[]>, sizes?: ReadonlyMap<string, number>): Promise<void> {
     if (!this.sink && this.opts.findSink) {
       this.backlog.push(...paths)
       this.counts.pending = this.backlog.length
@@ -261,17 +264,19 @@ export class StoreWatcher {
       this.backlog = []
     }
     if (!this.sink) return
-    for (const p of paths) this.outstanding.add(p)
+    for (const p of paths) this.outstanding.set(p, sizes?.get(p) ?? 0)
     this.counts.pending = this.outstanding.size
     this.sink.add(paths, references)
   }
 
   /** The sink reports each path once; dependencies it pushed on its own count too. */
   settle(s: Settled): void {
+    const bytes = this.outstanding.get(s.path) ?? 0
     const mine = this.outstanding.delete(s.path)
     if (s.status === 'pushed' && !this.pushedNames.has(path.basename(s.path))) {
       this.pushedNames.add(path.basename(s.path))
       this.counts.pushed++
+      this.counts.pushedBytes = (this.counts.pushedBytes ?? 0) + bytes
     } else if (s.status === 'cached' && mine) {
       this.counts.cached++
     } else if (s.status === 'failed' && mine) {

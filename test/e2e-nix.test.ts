@@ -3,8 +3,9 @@ import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
 import {
-  cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake,
+  cachedWhileRunning, chainPaths, deleteFromStore, greedy, inFileCache, makeKeys, nixArgs, nixEnv, nixSync, readJsonFile, runCmd, tmpDir, uid, writeFlake,
 } from './helpers.js'
+import { parsePathInfoJson } from '../lib/nix.js'
 import { startHttpCache, type Nginx } from './nginx.js'
 import type { Summary } from '../lib/summary.js'
 
@@ -61,6 +62,10 @@ describe('GREEDY_CACHE_URL end to end', () => {
     expect(sa.backend).toBe('nix')
     expect(sa.build).toMatchObject({ exitCode: plain.code, built: 3, substituted: 0 })
     expect(sa.incremental).toMatchObject({ pushed: 3, failed: 0 })
+    // Their NAR bytes, as the store records them.
+    const infos = parsePathInfoJson(nixSync(a.env, ['path-info', '--json', ...links.slice(0, 3)]))
+    expect(sa.incremental.bytes).toBe(infos.reduce((n, i) => n + i.narSize!, 0))
+    expect(fs.readFileSync(path.join(a.state, 'metrics.txt'), 'utf8')).toMatch(new RegExp(`^greedy_nix_pushed_bytes ${sa.incremental.bytes}$`, 'm'))
     expect(fs.readFileSync(path.join(a.state, 'metrics.txt'), 'utf8')).toMatch(/^greedy_nix_pushed_incremental 3$/m)
 
     // Pipeline B: a fresh machine (the outputs are gone locally), the failure fixed.

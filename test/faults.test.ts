@@ -218,6 +218,7 @@ describe('the machine misbehaves', () => {
     expect(b.out).toMatch(/warning: cannot record build counts/)
     const p = await greedy(env, project, 'push')
     expect(p.code).toBe(0)
+    expect(p.out).toMatch(/warning: no final push: cannot create the state dir .*a-file\/state/)
     expect((await greedy({ ...env, GREEDY_STRICT: '1' }, project, 'bootstrap')).code).toBe(1)
   })
 })

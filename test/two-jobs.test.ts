@@ -104,6 +104,10 @@ describe('a watcher never outlives its job on a shared runner', () => {
     expect(fs.readFileSync(path.join(a.project, '.greedy-nix', 'watch.log'), 'utf8')).toContain('older than GREEDY_WATCH_MAX_AGE (1s)')
     const bad = await greedy({ ...a.env, GREEDY_WATCH_MAX_AGE: '2h' }, a.project, 'bootstrap')
     expect(bad.code).toBe(0)
-    expect(bad.out).toContain('GREEDY_WATCH_MAX_AGE: "2h" expected a whole number of seconds')
+    expect(bad.out).toContain('GREEDY_WATCH_MAX_AGE: "2h" expected a whole number of seconds (1 or more); using the default, 2678400')
+    // A tuning typo leaves the cache on: the watcher runs, with the default, until the job's push ends it.
+    const again = watcherPid(a.project)
+    expect((await greedy(a.env, a.project, 'push')).code).toBe(0)
+    expect(await endsWithin(again, 10_000)).toBe(true)
   })
 })

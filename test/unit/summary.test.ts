@@ -16,6 +16,11 @@ describe('summary', () => {
       'pushed 7 store paths incrementally, 2 in the final push, 1 failed, cache hit rate 25% (1 substituted, 3 built)',
     )
   })
+  it("pushed paths no greedy-nix build of the job made are said to be other builds' (a shared machine)", () => {
+    expect(summaryLine(summary(0, 0))).toMatch(/^pushed 7 store paths incrementally \(other builds' paths: greedy-nix build built and substituted nothing\), 2 in the final push/)
+    const noBuild = { ...summary(0, 0), build: { exitCode: null, built: 0, substituted: 0, runs: 0 } }
+    expect(summaryLine(noBuild)).toMatch(/^pushed 7 store paths incrementally \(other nix commands' paths: greedy-nix build did not run in this job\),/)
+  })
   it('with a file:// cache, ends with its size, its budget and what pruning evicted, also as metrics', () => {
     const MiB = 2 ** 20
     const pruned = { maxSize: 3 * MiB, sizeBefore: 4 * MiB, sizeAfter: 2_936_012, evictedPaths: 2, evictedBytes: 1_258_291, orphans: 1, kept: 3, ranking: 'index' as const }
