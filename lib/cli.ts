@@ -34,7 +34,7 @@ export function helpText(cmd: CommandInfo): string {
   return [
     `Usage: ${cmd.usage}`,
     '',
-    cmd.about,
+    fitAbout(cmd.about),
     ...(own.length ? ['', 'Options:', ...own] : []),
     '',
     'Settings (environment variables; a flag wins over its variable):',
@@ -42,6 +42,32 @@ export function helpText(cmd: CommandInfo): string {
     '',
     "Every option: --help, --version. All settings: greedy-nix help config",
   ].join('\n')
+}
+
+/**
+ * A command's about text within 100 columns: its lines run on as one paragraph and are wrapped
+ * again; an indented line (a list item, `  start   …`) stays a line of its own, its continuation
+ * under its text.
+ */
+function fitAbout(text: string, width = 100): string {
+  const out: string[] = []
+  let paragraph = ''
+  const flush = () => {
+    if (paragraph) out.push(...wrap(paragraph, width))
+    paragraph = ''
+  }
+  for (const line of text.split('\n')) {
+    const item = /^(\s+\S+\s+)(.*)$/.exec(line)
+    if (!item || !line.startsWith(' ')) {
+      paragraph = paragraph ? `${paragraph} ${line.trim()}` : line.trim()
+      continue
+    }
+    flush()
+    const indent = item[1]!.length
+    out.push(...wrap(item[2]!, width - indent).map((l, i) => (i === 0 ? item[1]! : ' '.repeat(indent)) + l))
+  }
+  flush()
+  return out.join('\n')
 }
 
 export interface ParsedCommand {

@@ -30,12 +30,19 @@ describe('bundles, alone in an empty folder', () => {
     expect(help.code).toBe(0)
     expect(help.stdout).toContain(`Usage: greedy-nix ${name}`)
     expect(help.stdout).toContain('GREEDY_STRICT')
+    for (const line of help.stdout.split('\n')) expect(line.length, line).toBeLessThanOrEqual(100)
     const v = await node([`${name}.mjs`, '--version'])
     expect(v.stdout.trim()).toBe(`greedy-nix ${version}`)
   })
 
   it('greedy-nix.mjs dispatches to every command and rejects an unknown one', async () => {
     for (const name of [...COMMANDS, 'prune']) expect((await node(['greedy-nix.mjs', name, '--help'])).stdout).toContain(`Usage: greedy-nix ${name}`)
+    const config = await node(['greedy-nix.mjs', 'help', 'config'])
+    for (const v of ['ATTIC_SERVER', 'GREEDY_CACHE_URL', 'GREEDY_WATCH_MAX_AGE', 'GREEDY_DEBUG']) expect(config.stdout).toContain(v)
+    expect((await node(['greedy-nix.mjs', 'help', 'prune'])).stdout).toContain('Usage: greedy-nix prune')
+    // Each command's help names only the settings it reads.
+    expect((await node(['greedy-nix.mjs', 'prune', '--help'])).stdout).not.toContain('ATTIC_SERVER')
+    expect((await node(['greedy-nix.mjs', 'build', '--help'])).stdout).not.toContain('--cache-url')
     const bad = await node(['greedy-nix.mjs', 'deploy'])
     expect(bad.code).toBe(2)
     expect(bad.stdout).toContain('Commands (one per phase')

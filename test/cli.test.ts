@@ -4,7 +4,7 @@ import { spawn } from 'node:child_process'
 import fs from 'node:fs'
 import path from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
-import { DIST, NIX_SYSTEM, chainPaths, greedy, inFileCache, isValid, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake } from './helpers.js'
+import { DIST, NIX_SYSTEM, chainPaths, greedy, inFileCache, isValid, makeKeys, nixArgs, nixEnv, readJsonFile, runCmd, tmpDir, uid, writeFlake, writeShFlake } from './helpers.js'
 import { freePort } from './nginx.js'
 import { formatPidFile, processStartTime } from '../lib/state.js'
 import type { Summary } from '../lib/summary.js'
@@ -70,9 +70,10 @@ describe("a new user's mistakes: each is named with its fix, and nothing is lost
 
   it('installables beyond what one argument may hold (128 KiB) go through --installables-file; the header stays one short line', async () => {
     const j = job()
-    writeFlake(j.project, { prefix: `many-${uid()}`, chain: 1 })
-    const one = `.#packages.${NIX_SYSTEM}.l1`
-    const list = Array.from({ length: 5000 }, () => one)
+    // Few installables with a long name, rather than thousands: Nix 2.24 takes minutes to evaluate 5,000 (seen).
+    const name = `many-${uid()}-${'x'.repeat(1000)}`
+    writeShFlake(j.project, [`    one = mk "many-${uid()}" "echo one > $out";`], `"${name}" = one;`)
+    const list = Array.from({ length: 150 }, () => `.#packages.${NIX_SYSTEM}.${name}`)
     expect(JSON.stringify(list).length).toBeGreaterThan(128 * 1024) // Linux's MAX_ARG_STRLEN for one argument (E2BIG)
     fs.writeFileSync(path.join(j.project, 'installables'), JSON.stringify(list))
     const r = await greedy(j.env, j.project, 'build', '--installables-file', 'installables')
@@ -80,7 +81,7 @@ describe("a new user's mistakes: each is named with its fix, and nothing is lost
     expect(fs.existsSync(path.join(j.project, 'result'))).toBe(true)
     const header = r.stdout.split('\n').find((l) => l.startsWith('greedy-nix: nix build '))!
     expect(header.length).toBeLessThan(250)
-    expect(header).toMatch(/ … \(\d{4} more arguments\)$/)
+    expect(header).toMatch(/ … \(\d+ more arguments\)$/)
   })
 
   it('a typo in a tuning setting falls back to its default; the cache stays on (strict: exit 1)', async () => {

@@ -288,6 +288,15 @@ describe('the nix-build component under gitlab-ci-local', () => {
     expect(r.log).toMatch(/pushed 2 store paths incrementally/)
     expect(links.map((p) => inFileCache(path.join(ex.project, '.nix-cache'), p))).toEqual([true, true])
     expect(r.log).not.toContain(token)
+
+    // A public project's package, and a job token its allowlist does not name (GitLab answers 404): read without it.
+    const open = await startPackageRegistry({ 'tools/greedy-nix/greedy-nix/0.1.0/greedy-nix.mjs': path.join(DIST, 'greedy-nix.mjs') }, token, { public: true })
+    servers.push(open)
+    ex.commit({ prefix: `gl-registry-${uid()}`, chain: 1 })
+    const other = await ex.pipeline({}, { CI_API_V4_URL: open.apiUrl, CI_JOB_TOKEN: 'token-of-a-project-not-allowed' })
+    expect(other.code, other.log).toBe(0)
+    expect(open.tokens).toEqual(['token-of-a-project-not-allowed', ''])
+    expect(other.log).toMatch(/pushed 1 store paths incrementally/)
   })
 
   it('greedy-nix cannot be fetched (nothing published, no registry reachable): the job still builds with one warning, its result is the build\'s; strict fails it', async () => {

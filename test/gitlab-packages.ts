@@ -18,8 +18,12 @@ export interface PackageRegistry {
   stop(): Promise<void>
 }
 
-/** Serve `files` (package file path `<project path>/<package>/<version>/<file>` → local file) to `jobToken`. */
-export async function startPackageRegistry(files: Record<string, string>, jobToken: string): Promise<PackageRegistry> {
+/**
+ * Serve `files` (package file path `<project path>/<package>/<version>/<file>` → local file) to
+ * `jobToken`; with `public`, to anyone who sends no token too (a public project's packages), while
+ * another project's job token that the allowlist does not name is still refused.
+ */
+export async function startPackageRegistry(files: Record<string, string>, jobToken: string, opts: { public?: boolean } = {}): Promise<PackageRegistry> {
   const tokens: string[] = []
   const server = http.createServer((req, res) => {
     const token = String(req.headers['job-token'] ?? '')
@@ -27,7 +31,8 @@ export async function startPackageRegistry(files: Record<string, string>, jobTok
     const m = /^\/api\/v4\/projects\/([^/]+)\/packages\/generic\/([^/]+)\/([^/]+)\/([^/?]+)$/.exec(req.url ?? '')
     const key = m && `${decodeURIComponent(m[1]!)}/${m[2]}/${m[3]}/${m[4]}`
     const file = key ? files[key] : undefined
-    if (req.method !== 'GET' || !file || token !== jobToken) {
+    const allowed = token === jobToken || (opts.public === true && token === '')
+    if (req.method !== 'GET' || !file || !allowed) {
       res.writeHead(404, { 'content-type': 'application/json' }).end('{"message":"404 Not Found"}')
       return
     }
