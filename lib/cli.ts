@@ -116,8 +116,8 @@ export function parseCommand(cmd: CommandInfo, argv: readonly string[]): ParsedC
 }
 
 /**
- * The command line of `cmd`, or undefined after it printed what was asked (--help, --version)
- * or what is wrong with the line (exit code in `code`).
+ * The command line of `cmd`; or, when it printed what was asked (--help, --version) or what is
+ * wrong with the line, the exit code.
  */
 export function parseCommandLine(cmd: CommandInfo, argv: readonly string[]): ParsedCommand | { code: number } {
   const parsed = parseCommand(cmd, argv)

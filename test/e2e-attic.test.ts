@@ -134,6 +134,22 @@ describe('ATTIC_SERVER end to end (attic client test double)', () => {
     expect(fs.existsSync(userConf)).toBe(false)
   })
 
+  it("late bootstrap, then pipeline B on the same runner: bootstrap gets the project's client from the cache, though A looked it up before it built it", async () => {
+    const t = await setup('attichomelate', { clientOnPath: false })
+    const a = t.job('a')
+    writeFlake(a.project, { prefix: t.prefix, chain: 2, clientAt: 1 })
+    const client = outPath(a.env, a.project, 'attic-client')
+    const boot = await greedy(a.env, a.project, 'bootstrap') // asks the cache for .#attic-client: not there yet
+    expect(boot.out).toContain('no attic client yet')
+    for (const phase of ['build', 'push']) expect((await greedy(a.env, a.project, phase)).code).toBe(0)
+    expect(inFileCache(t.server.cacheDir, client)).toBe(true)
+    fs.rmSync(path.join(a.project, 'result'))
+    deleteFromStore(a.env, [...chainPaths(a.env, a.project, 2).reverse(), client])
+    const bootB = await greedy(a.env, a.project, 'bootstrap') // the same HOME: Nix's disk cache still says "not there"
+    expect(bootB.out).toContain('attic client from the cache: .#attic-client')
+    expect((await greedy(a.env, a.project, 'push')).code).toBe(0)
+  })
+
   it('a client from before push --stdin (2024-10) pushes during the build as well: no option of ours needs a newer one', async () => {
     const t = await setup('atticold', { clientOnPath: true, env: { ATTIC_DOUBLE_NO_STDIN: '1' } })
     const a = t.job('a')
