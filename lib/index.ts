@@ -39,7 +39,7 @@ export { ServeConnection, type ServedInfo } from './serve.js'
 export { StoreWatcher, findAtticClient, isPushCandidateName, needsPush, type WatcherCounts, type WatcherOptions } from './watcher.js'
 export { runWatcher, makeSink, type WatcherStatus } from './daemon.js'
 export { drainWatcher, startWatcher, stopWatcher, type DrainResult } from './control.js'
-export { jobNixConfig, removeNixConfBlock, userNixConf, withJobNixConfig, type Substituter } from './nixconf.js'
+export { appendNixConfig, jobNixConfig, removeNixConfBlock, userNixConf, withJobNixConfig, type Substituter } from './nixconf.js'
 export { configureJobNix, jobEnv, loadSession, prepareSession, saveSession, type Prepared, type Session } from './session.js'
 export { finalPush, type FinalPush } from './final.js'
 export {

@@ -88,12 +88,10 @@ export async function section<T>(name: string, header: string, fn: () => Promise
 export function shortCommand(argv: readonly string[], max = 160): string {
   const whole = argv.join(' ')
   if (whole.length <= max) return whole
-  const shown: string[] = []
-  for (const a of argv) {
-    if ([...shown, a].join(' ').length > max) break
-    shown.push(a)
-  }
-  return `${shown.join(' ')} … (${argv.length - shown.length} more arguments)`
+  let shown = 0
+  let length = -1
+  while (shown < argv.length && length + 1 + argv[shown]!.length <= max) length += 1 + argv[shown++]!.length
+  return `${argv.slice(0, shown).join(' ')} … (${argv.length - shown} more arguments)`
 }
 
 /** The word of `words` nearest to `word` (a typo: at most two edits away), if any. */

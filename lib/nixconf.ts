@@ -36,12 +36,15 @@ export function jobNixConfig(sub: Substituter): string {
   return lines.join('\n')
 }
 
+/** `env` with `text` applied after the user's own NIX_CONFIG. */
+export function appendNixConfig(env: NodeJS.ProcessEnv, text: string): NodeJS.ProcessEnv {
+  return { ...env, NIX_CONFIG: env.NIX_CONFIG ? `${env.NIX_CONFIG}\n${text}` : text }
+}
+
 /** `env` with the job's settings after the user's own NIX_CONFIG (once, however often it is applied). */
 export function withJobNixConfig(env: NodeJS.ProcessEnv, jobConfig: string | undefined): NodeJS.ProcessEnv {
-  if (!jobConfig) return env
-  const own = env.NIX_CONFIG ?? ''
-  if (own.includes(MARK)) return env
-  return { ...env, NIX_CONFIG: own ? `${own}\n${jobConfig}` : jobConfig }
+  if (!jobConfig || env.NIX_CONFIG?.includes(MARK)) return env
+  return appendNixConfig(env, jobConfig)
 }
 
 /** A POSIX shell line that exports the variable: `. <state>/env.sh` gives a job's own commands the settings. */

@@ -8,7 +8,7 @@ import type { JobProcess } from './attribution.js'
 import { getAtticClient } from './client.js'
 import type { Config } from './config.js'
 import { ignoredSubstituter, publicKeyOf } from './nix.js'
-import { jobNixConfig, shellExport, withJobNixConfig, type Substituter } from './nixconf.js'
+import { appendNixConfig, jobNixConfig, shellExport, withJobNixConfig, type Substituter } from './nixconf.js'
 import { readJson, writeJsonAtomic, type StatePaths } from './state.js'
 
 export interface Session {
@@ -229,7 +229,7 @@ export async function configureJobNix(paths: StatePaths, sub: Substituter, env: 
 /** The environment of `nix copy` to the cache: its credentials, and none of the job's other settings. */
 export function uploadEnv(session: Session, env: NodeJS.ProcessEnv = process.env): NodeJS.ProcessEnv {
   const netrc = session.nix?.netrc
-  return netrc ? { ...env, NIX_CONFIG: [env.NIX_CONFIG, `netrc-file = ${netrc}`].filter(Boolean).join('\n') } : env
+  return netrc ? appendNixConfig(env, `netrc-file = ${netrc}`) : env
 }
 
 /** The environment of a Nix command of this job: the cache as substituter, when a session has one. */
@@ -267,12 +267,12 @@ export const loadSession = (paths: StatePaths) => readJson<Session>(paths.sessio
  * the attic client from where bootstrap would look. No watcher, no substituter.
  */
 export async function sessionForPush(config: Config, paths: StatePaths): Promise<{ session: Session } | { reason: string }> {
+  let prepared: Prepared
   try {
-    await fs.mkdir(paths.secrets, { recursive: true, mode: 0o700 })
+    prepared = await prepareSession(config, paths) // its first step creates <state>/secrets
   } catch (err) {
     return { reason: `cannot create the state dir ${paths.dir}: ${(err as Error).message}` }
   }
-  const prepared = await prepareSession(config, paths)
   if (!prepared.ok) return { reason: prepared.reason }
   const session = prepared.session
   if (session.backend === 'attic') {
